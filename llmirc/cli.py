@@ -1,0 +1,247 @@
+"""`llmirc`: compile checkpoints to IREE artifacts, run and inspect them.
+
+Every command is scriptable: errors are one line on stderr (`error: ...`) with
+exit code 1, `--json` gives machine-readable output, nothing ever prompts.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import click
+
+from .errors import LlmircError
+
+DEFAULT_MODEL = Path(__file__).parent / "assets" / "default_model"
+
+
+class _Group(click.Group):
+    """Turns LlmircError into `error: <message>` + exit 1 instead of a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except LlmircError as e:
+            click.echo(f"error: {e}", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="llmirc")
+def main() -> None:
+    """Ahead-of-time compiler for LLM inference on IREE.
+
+    \b
+    llmirc compile CHECKPOINT_DIR --target cpu -O2 -o OUT/
+    llmirc run OUT/ --prompt "In the beginning"
+    llmirc inspect OUT/
+    """
+
+
+# ---- compile -----------------------------------------------------------------------
+
+@main.command()
+@click.argument("checkpoint", type=click.Path(path_type=Path), required=False)
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+              help="Artifact directory (--emit vmfb) or output file (other --emit kinds).")
+@click.option("--target", default="cpu", show_default=True,
+              help="Target family[:variant], e.g. cpu, cpu:znver3 (see `llmirc targets`).")
+@click.option("-O", "opt_level", type=click.IntRange(0, 3), default=2, show_default=True,
+              help="Optimization level: -O0 only what the paged-KV ABI needs ... -O3 target-tuned.")
+@click.option("--emit", type=click.Choice(["llm", "llm-opt", "iree-input", "vmfb"]), default="vmfb",
+              show_default=True, help="Stop after this stage and write its output.")
+@click.option("--max-seq-len", type=click.IntRange(1), help="Cap the model's maximum sequence length.")
+@click.option("--page-size", type=click.IntRange(1), help="KV cache page size in tokens (default: target's).")
+@click.option("--passes", help="Custom pipeline replacing -O's, e.g. 'blockify-kv-cache{block_size=32}'.")
+@click.option("--print-ir-after-all", is_flag=True, help="Print llm IR after every pass (stderr).")
+@click.option("--print-ir-after", multiple=True, metavar="PASS", help="Print llm IR after PASS (repeatable).")
+@click.option("--timing", is_flag=True, help="Report per-pass wall time (stderr).")
+@click.option("--no-verify-each", is_flag=True, help="Skip verifying the IR after each pass.")
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress output.")
+def compile(checkpoint: Path | None, output: Path, target: str, opt_level: int, emit: str,
+            max_seq_len: int | None, page_size: int | None, passes: str | None, print_ir_after_all: bool,
+            print_ir_after: tuple[str, ...], timing: bool, no_verify_each: bool, as_json: bool,
+            quiet: bool) -> None:
+    """Compile a Hugging Face checkpoint directory (default: the embedded model).
+
+    CHECKPOINT holds config.json, model.safetensors (or shards with
+    model.safetensors.index.json) and tokenizer.json.
+    """
+    from .compiler import CompileOptions, compile_checkpoint
+
+    opts = CompileOptions(checkpoint or DEFAULT_MODEL, output, target, opt_level, emit, max_seq_len, page_size,
+                          passes, print_ir_after_all, print_ir_after, timing, not no_verify_each)
+    result = compile_checkpoint(opts, progress=None if quiet else _progress)
+    if as_json:
+        click.echo(json.dumps({"output": str(result.output), "target": result.target.full_name, "emit": emit,
+                               "opt_level": opt_level, "seconds": result.stage_seconds}))
+    elif not quiet:
+        click.echo(f"wrote {result.output}", err=True)
+
+
+def _progress(message: str) -> None:
+    click.echo(message, err=True)
+
+
+# ---- run / inspect --------------------------------------------------------------------
+
+def _artifact_dir(path: Path) -> Path:
+    return path.parent if path.suffix == ".vmfb" else path
+
+
+@main.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--prompt", "prompts", multiple=True, help="Prompt text (repeat for a batch).")
+@click.option("--prompt-ids", "prompt_ids", multiple=True, help="Prompt as token ids '1,2,3' (repeatable).")
+@click.option("--max-tokens", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--temperature", type=click.FloatRange(0), default=0.0, show_default=True,
+              help="0 = greedy.")
+@click.option("--top-k", type=click.IntRange(0), default=0, help="Keep the k most likely tokens (0 = all).")
+@click.option("--top-p", type=click.FloatRange(0, 1), default=1.0, help="Nucleus sampling mass.")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--num-pages", type=click.IntRange(2), help="KV pages in the device pool (default: enough "
+              "for the batch at max length).")
+@click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
+def run(artifact: Path, prompts: tuple[str, ...], prompt_ids: tuple[str, ...], max_tokens: int,
+        temperature: float, top_k: int, top_p: float, seed: int, num_pages: int | None, as_json: bool) -> None:
+    """Generate text with a compiled artifact (directory or its model.vmfb)."""
+    from .api import load
+
+    if not prompts and not prompt_ids:
+        raise LlmircError("give at least one --prompt or --prompt-ids")
+    try:
+        id_prompts = [[int(t) for t in p.split(",") if t.strip()] for p in prompt_ids]
+    except ValueError:
+        raise LlmircError("--prompt-ids takes comma-separated integers, e.g. 1,2,3") from None
+    model = load(_artifact_dir(artifact), num_pages=num_pages)
+    batch: list = list(prompts) + id_prompts
+    stream = not as_json and len(batch) == 1
+    results = model.generate(batch, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
+                             seed=seed, stream=stream)
+    if stream:
+        for piece in results:
+            click.echo(piece, nl=False)
+        click.echo()
+        return
+    if as_json:
+        click.echo(json.dumps([r.to_dict() for r in results], indent=2))
+    else:
+        for r in results:
+            click.echo(r.text)
+
+
+@main.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
+def inspect(artifact: Path, as_json: bool) -> None:
+    """Describe an artifact: model, target, KV ABI, entry points, files."""
+    from .artifacts import describe, read_manifest
+
+    manifest = read_manifest(_artifact_dir(artifact))
+    click.echo(manifest.to_json() if as_json else describe(manifest))
+
+
+# ---- dialect, passes, targets ------------------------------------------------------------
+
+@main.command()
+@click.option("--irdl", is_flag=True, help="Write the dialect as IRDL (for `iree-opt --irdl-file`).")
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Output file (default: stdout).")
+def dialect(irdl: bool, output: Path | None) -> None:
+    """Describe the llm dialect: its ops, or an IRDL file for standard MLIR tools."""
+    from .dialect import REGISTRY
+
+    if irdl:
+        from .dialect.irdl import export_irdl
+
+        text = export_irdl()
+    else:
+        text = "\n".join(f"llm.{s.name:18} {s.summary}" for s in REGISTRY.values()) + "\n"
+    if output:
+        from .compiler import write_atomic
+
+        write_atomic(output, text)
+    else:
+        click.echo(text, nl=False)
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+def passes(as_json: bool) -> None:
+    """List the registered passes with their options and the -O pipelines."""
+    from .pipelines import PASSES, pipeline_for_level
+
+    if as_json:
+        click.echo(json.dumps({
+            "passes": [{"name": p.name, "description": p.description, "options": p.options}
+                       for p in PASSES.values()],
+            "levels": {f"O{o}": [n for n, _ in pipeline_for_level(o)] for o in range(4)}}, indent=2))
+        return
+    for p in PASSES.values():
+        opts = ", ".join(f"{k}={v}" for k, v in p.options.items())
+        click.echo(f"{p.name:24} {p.description}" + (f"  [{opts}]" if opts else ""))
+    for o in range(4):
+        click.echo(f"-O{o}: " + ", ".join(n for n, _ in pipeline_for_level(o)))
+
+
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+def targets(as_json: bool) -> None:
+    """List target families, their variants and defaults."""
+    from .targets import TARGETS, resolve
+
+    rows = []
+    for family, (default, variants, _) in TARGETS.items():
+        p = resolve(family)
+        rows.append({"name": family, "default": default, "variants": list(variants), "device": p.device,
+                     "driver": p.driver, "dtypes": list(p.dtypes), "attention": p.attention,
+                     "page_size": p.page_size, "static_shapes": p.static_shapes})
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        click.echo(f"{r['name']:9} device={r['device']:6} driver={r['driver']:10} attention={r['attention']:10} "
+                   f"variants: {', '.join(r['variants'])} (default {r['default']})")
+
+
+# ---- testing helpers -----------------------------------------------------------------
+
+@main.group()
+def testing() -> None:
+    """Make offline test inputs (random-weight checkpoints)."""
+
+
+@testing.command("make-checkpoint")
+@click.argument("directory", type=click.Path(path_type=Path))
+@click.option("--arch", type=click.Choice(["llama"]), default="llama", show_default=True)
+@click.option("--layers", type=click.IntRange(1), default=2, show_default=True)
+@click.option("--hidden", type=click.IntRange(1), default=64, show_default=True)
+@click.option("--heads", type=click.IntRange(1), default=4, show_default=True)
+@click.option("--kv-heads", type=click.IntRange(1), default=2, show_default=True)
+@click.option("--intermediate", type=click.IntRange(1), default=128, show_default=True)
+@click.option("--vocab", type=click.IntRange(4), default=512, show_default=True)
+@click.option("--max-seq-len", type=click.IntRange(1), default=256, show_default=True)
+@click.option("--tie-embeddings", is_flag=True)
+@click.option("--shards", type=click.IntRange(1), default=1, show_default=True)
+@click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32",
+              show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+def make_checkpoint_cmd(directory: Path, arch: str, layers: int, hidden: int, heads: int, kv_heads: int,
+                        intermediate: int, vocab: int, max_seq_len: int, tie_embeddings: bool, shards: int,
+                        dtype: str, seed: int) -> None:
+    """Write a random-weight Llama checkpoint (HF layout + tokenizer.json) to DIRECTORY."""
+    from .testing.checkpoints import CheckpointSpec, make_checkpoint
+
+    if hidden % heads or heads % kv_heads:
+        raise LlmircError(f"--hidden ({hidden}) must divide by --heads ({heads}) and --heads by "
+                          f"--kv-heads ({kv_heads})")
+    spec = CheckpointSpec(layers=layers, hidden=hidden, heads=heads, kv_heads=kv_heads, intermediate=intermediate,
+                          vocab=vocab, max_seq_len=max_seq_len, tie_embeddings=tie_embeddings, seed=seed,
+                          shards=shards, dtype=dtype)
+    click.echo(str(make_checkpoint(directory, spec)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,295 @@
+"""A numpy reference interpreter for llm IR: the oracle every pass is checked against.
+
+It runs any function of a module op by op, in f32, with value semantics (an op
+that "updates" a cache returns a new array). It is written for clarity, not
+speed: each op's semantics fit in a few lines of numpy, and those lines are the
+definition the lowering to IREE must match.
+"""
+
+from __future__ import annotations
+
+from math import erf, sqrt
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+from iree.compiler import ir
+
+from . import ops as _ops  # noqa: F401  (registers the op specs)
+from .attrs import op_attrs, op_operands
+from .context import functions, location_name
+from .spec import lookup
+from .types import KVCacheT, PagedKVCacheT, TensorT, from_mlir, numpy_dtype
+
+Array = np.ndarray
+Impl = Callable[..., Any]
+IMPLS: dict[str, Impl] = {}
+
+
+class InterpreterError(RuntimeError):
+    pass
+
+
+def impl(name: str):
+    def deco(fn: Impl) -> Impl:
+        IMPLS[name] = fn
+        return fn
+    return deco
+
+
+def empty_kv_cache(t: KVCacheT, batch: int) -> Array:
+    """Contiguous cache value: [layers, 2, batch, max_seq_len, kv_heads, head_dim]."""
+    return np.zeros((t.layers, 2, batch, t.max_seq_len, t.kv_heads, t.head_dim), numpy_dtype(t.dtype))
+
+
+def empty_page_pool(t: PagedKVCacheT, num_pages: int) -> Array:
+    return np.zeros(t.pool_shape(num_pages), numpy_dtype(t.dtype))
+
+
+# ---- op semantics ------------------------------------------------------------------
+
+@impl("embedding")
+def _embedding(a, ids, table):
+    return table[ids]
+
+
+@impl("rms_norm")
+def _rms_norm(a, x, w):
+    var = np.mean(np.square(x, dtype=np.float32), axis=-1, keepdims=True)
+    return (x / np.sqrt(var + np.float32(a["eps"])) * w).astype(np.float32)
+
+
+@impl("layer_norm")
+def _layer_norm(a, x, w, b=None):
+    mu = x.mean(-1, keepdims=True)
+    y = (x - mu) / np.sqrt(((x - mu) ** 2).mean(-1, keepdims=True) + np.float32(a["eps"])) * w
+    return y if b is None else y + b
+
+
+@impl("linear")
+def _linear(a, x, w, b=None):
+    y = x @ w.T
+    return y if b is None else y + b
+
+
+@impl("matmul")
+def _matmul(a, x, y):
+    return x @ y
+
+
+@impl("add")
+def _add(a, x, y):
+    return x + y
+
+
+@impl("mul")
+def _mul(a, x, y):
+    return x * y
+
+
+@impl("silu")
+def _silu(a, x):
+    return x / (np.float32(1) + np.exp(-x))
+
+
+_erf = np.vectorize(erf, otypes=[np.float64])
+
+
+@impl("gelu")
+def _gelu(a, x):
+    if a["approximate"] == "tanh":
+        return (0.5 * x * (1 + np.tanh(sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))).astype(x.dtype)
+    return (0.5 * x * (1 + _erf(x / sqrt(2)))).astype(x.dtype)
+
+
+def _softmax(x: Array) -> Array:
+    e = np.exp(x - x.max(-1, keepdims=True))
+    return e / e.sum(-1, keepdims=True)
+
+
+@impl("softmax")
+def _softmax_op(a, x):
+    return _softmax(x)
+
+
+@impl("reshape")
+def _reshape(a, x):
+    return x.reshape([x.shape[i] if d == 0 else d for i, d in enumerate(a["shape"])])
+
+
+@impl("rope")
+def _rope(a, x, pos):
+    inv = np.asarray(a["inv_freq"], np.float32)
+    ang = pos.astype(np.float32)[..., None] * inv  # [B, T, D/2]
+    cos, sin = np.cos(ang)[:, :, None, :], np.sin(ang)[:, :, None, :]
+    x1, x2 = x[..., : inv.size], x[..., inv.size:]
+    return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+
+
+def _attend(a, q: Array, k: Array, v: Array, pos: Array) -> Array:
+    """q [B,T,NH,D], k/v [B,S,KH,D]; key s visible iff s <= pos[b,t]; rows with pos < 0 are 0."""
+    b_, t_, nh, d = q.shape
+    kh = k.shape[2]
+    qg = q.reshape(b_, t_, kh, nh // kh, d)
+    scores = np.einsum("btkgd,bskd->bkgts", qg, k) * np.float32(a["scale"])
+    visible = np.arange(k.shape[1])[None, None, :] <= pos[:, :, None]  # [B, T, S]
+    scores = np.where(visible[:, None, None], scores, -np.inf)
+    live = (pos >= 0)[:, None, None, :, None]
+    probs = np.where(live, _softmax(np.where(live, scores, 0)), 0)
+    out = np.einsum("bkgts,bskd->btkgd", probs, v)
+    return out.reshape(b_, t_, nh, d).astype(q.dtype)
+
+
+@impl("attention")
+def _attention(a, q, cache, pos):
+    layer = a["layer"]
+    return _attend(a, q, cache[layer, 0], cache[layer, 1], pos)
+
+
+@impl("append_kv")
+def _append_kv(a, cache, k, v, pos):
+    out = cache.copy()
+    b_idx, t_idx = np.nonzero((pos >= 0) & (pos < cache.shape[3]))
+    out[a["layer"], 0, b_idx, pos[b_idx, t_idx]] = k[b_idx, t_idx]
+    out[a["layer"], 1, b_idx, pos[b_idx, t_idx]] = v[b_idx, t_idx]
+    return out
+
+
+def _gather_pages(pool: Array, bt: Array, layer: int, kv: int) -> Array:
+    """[B, P * block_size, KH, D] view of a layer's K or V through the block tables."""
+    pages = pool[bt, layer, kv]  # [B, P, bs, KH, D]
+    return pages.reshape(bt.shape[0], -1, *pool.shape[4:])
+
+
+@impl("paged_attention")
+def _paged_attention(a, q, pool, bt, pos):
+    layer = a["layer"]
+    return _attend(a, q, _gather_pages(pool, bt, layer, 0), _gather_pages(pool, bt, layer, 1), pos)
+
+
+@impl("paged_append_kv")
+def _paged_append_kv(a, pool, bt, k, v, pos):
+    out = pool.copy()
+    bs = pool.shape[3]
+    b_idx, t_idx = np.nonzero((pos >= 0) & (pos < bt.shape[1] * bs))
+    p = pos[b_idx, t_idx]
+    pages = bt[b_idx, p // bs]
+    out[pages, a["layer"], 0, p % bs] = k[b_idx, t_idx]
+    out[pages, a["layer"], 1, p % bs] = v[b_idx, t_idx]
+    return out
+
+
+@impl("positions")
+def _positions(a, tokens, lens):
+    t = np.arange(tokens.shape[1], dtype=np.int64)[None, :]
+    return np.where(t < lens[:, None], t, -1).astype(np.int64)
+
+
+@impl("last_token")
+def _last_token(a, x, lens):
+    return x[np.arange(x.shape[0]), lens - 1]
+
+
+@impl("argmax")
+def _argmax(a, x):
+    return np.argmax(x, axis=-1).astype(np.int64)
+
+
+def _qrange(bits: int, symmetric: bool) -> tuple[int, int]:
+    """Integer range of a quantized value; asymmetric int4 is unsigned (0..15)."""
+    if symmetric or bits == 8:
+        return -(1 << (bits - 1)), (1 << (bits - 1)) - 1
+    return 0, (1 << bits) - 1
+
+
+@impl("quantize")
+def _quantize(a, w):
+    g, (lo, hi) = a["group_size"], _qrange(a["bits"], a["symmetric"])
+    wg = w.reshape(w.shape[0], -1, g)
+    if a["symmetric"]:
+        scale = np.abs(wg).max(-1) / hi
+        zero = np.zeros_like(scale)
+    else:
+        mn, mx = np.minimum(wg.min(-1), 0), np.maximum(wg.max(-1), 0)
+        scale = (mx - mn) / (hi - lo)
+        zero = np.round(lo - mn / np.where(scale == 0, 1, scale))
+    scale = np.where(scale == 0, 1, scale).astype(np.float32)
+    q = np.clip(np.round(wg / scale[..., None]) + zero[..., None], lo, hi)
+    return q.reshape(w.shape).astype(np.int8), scale, zero.astype(np.int8)
+
+
+@impl("dequantize")
+def _dequantize(a, q, scales, zeros=None):
+    g = a["group_size"]
+    qg = q.reshape(q.shape[0], -1, g).astype(np.float32)
+    if zeros is not None:
+        qg = qg - zeros[..., None].astype(np.float32)
+    return (qg * scales[..., None]).reshape(q.shape).astype(np.float32)
+
+
+@impl("quantized_matmul")
+def _quantized_matmul(a, x, q, scales, zeros=None):
+    return x @ _dequantize(a, q, scales, zeros).T
+
+
+@impl("sharded_linear")
+def _sharded_linear(a, x, w):
+    n = a["num_shards"]
+    if a["shard_dim"] == 0:
+        return np.concatenate([x @ s.T for s in np.split(w, n, axis=0)], axis=-1)
+    xs = np.split(x, n, axis=-1)
+    return sum(xi @ wi.T for xi, wi in zip(xs, np.split(w, n, axis=1)))
+
+
+@impl("all_gather")
+def _all_gather(a, x):
+    return np.concatenate(list(x), axis=a["dim"])
+
+
+@impl("all_reduce")
+def _all_reduce(a, x):
+    return x.sum(0) if a["reduction"] == "sum" else x.max(0)
+
+
+# ---- driver ---------------------------------------------------------------------------
+
+def _check_arg(i: int, value: Array, t) -> None:
+    if isinstance(t, TensorT):
+        if value.ndim != t.rank or any(d is not None and d != s for d, s in zip(t.shape, value.shape)):
+            raise InterpreterError(f"argument {i}: shape {value.shape} does not fit {t}")
+
+
+def run_function(module: ir.Module, name: str, args: Sequence[Array],
+                 weights: Mapping[str, Array]) -> list[Array]:
+    """Execute function `name` on numpy `args`; `weights` maps llm.weight names to arrays."""
+    fns = functions(module)
+    if name not in fns:
+        raise InterpreterError(f"no function '{name}' (have: {', '.join(fns)})")
+    block = fns[name].regions[0].blocks[0]
+    if len(args) != len(block.arguments):
+        raise InterpreterError(f"{name} takes {len(block.arguments)} arguments, got {len(args)}")
+    env: dict[ir.Value, Any] = {}
+    for i, (v, a) in enumerate(zip(block.arguments, args)):
+        _check_arg(i, a, from_mlir(v.type))
+        env[v] = a
+    for op in block.operations:
+        op = op.operation
+        if op.name == "func.return":
+            return [env[v] for v in op.operands]
+        env.update(zip(op.results, _run_op(op, env, weights)))
+    raise InterpreterError(f"{name}: no func.return")
+
+
+def _run_op(op: ir.Operation, env: dict, weights: Mapping[str, Array]) -> tuple:
+    if not op.name.startswith("llm."):
+        raise InterpreterError(f"'{op.name}' at {location_name(op.location)}: only llm ops can be interpreted")
+    spec = lookup(op.name)
+    attrs = op_attrs(spec, op)
+    if spec.name == "weight":
+        if attrs["name"] not in weights:
+            raise InterpreterError(f"no weight '{attrs['name']}' given")
+        return (weights[attrs["name"]],)
+    operands = [None if v is None else env[v] for v in op_operands(spec, op)]
+    while operands and operands[-1] is None:
+        operands.pop()
+    out = IMPLS[spec.name](attrs, *operands)
+    return out if isinstance(out, tuple) else (out,)

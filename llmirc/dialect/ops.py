@@ -1,0 +1,398 @@
+"""Every op of the llm dialect, declared as an OpSpec.
+
+Conventions (the numpy interpreter is the normative semantics):
+- Activations are [batch, seq, ...]; `linear` weights are [out, in] as in Hugging Face.
+- A position of -1 marks a padding token: `append_kv` does not write it and
+  `attention` rows for it are zero.
+- Key s is visible to a query at position p iff s <= p (causal, by position).
+- Sharded values (inputs of collectives) carry the shard index as their leading dim.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from .spec import REQUIRED, Attr, Operand, OpSpec, SpecError, dims_match, expect, register, tensor
+from .types import KVCacheT, LlmType, PagedKVCacheT, TensorT, is_float, is_int
+
+Types = Sequence[LlmType | None]
+Attrs = dict[str, Any]
+
+
+def _same_as_first(ts: Types, attrs: Attrs) -> tuple[LlmType, ...]:
+    return (tensor(ts[0], "operand 0"),)
+
+
+def _broadcast_to_first(ts: Types, attrs: Attrs) -> tuple[LlmType, ...]:
+    a, b = tensor(ts[0], "lhs"), tensor(ts[1], "rhs")
+    expect(a.dtype == b.dtype, f"lhs and rhs dtypes differ: {a.dtype} vs {b.dtype}")
+    expect(b.rank <= a.rank, f"rhs rank {b.rank} exceeds lhs rank {a.rank}")
+    for da, db in zip(reversed(a.shape), reversed(b.shape)):
+        expect(db == 1 or dims_match(da, db), f"rhs shape {b.shape} does not broadcast to {a.shape}")
+    return (a,)
+
+
+def _float(t: LlmType | None, what: str) -> TensorT:
+    expect(is_float(t), f"{what} must be a float tensor, got {t}")
+    return t  # type: ignore[return-value]
+
+
+def _int(t: LlmType | None, what: str) -> TensorT:
+    expect(is_int(t), f"{what} must be an integer tensor, got {t}")
+    return t  # type: ignore[return-value]
+
+
+def _last_dim(x: TensorT, n: int | None, what: str) -> None:
+    expect(dims_match(x.shape[-1], n), f"{what}: last dim {x.shape[-1]} != {n}")
+
+
+# ---- model building blocks -----------------------------------------------------------
+
+def _weight(ts: Types, attrs: Attrs) -> tuple[LlmType, ...]:
+    raise SpecError("llm.weight needs its result type given explicitly")
+
+
+register(OpSpec(
+    "weight", "A model parameter, referenced by its checkpoint name (never inlined).",
+    operands=(), attrs=(Attr("name", "str"),), infer=None))
+
+
+def _embedding(ts: Types, attrs: Attrs):
+    ids, table = _int(ts[0], "ids"), _float(ts[1], "table")
+    return (TensorT(ids.shape + (table.shape[1],), table.dtype),)
+
+
+register(OpSpec(
+    "embedding", "Rows of `table` [vocab, hidden] selected by integer `ids`.",
+    operands=(Operand("ids", "int"), Operand("table", "float", 2)), infer=_embedding))
+
+
+def _norm(ts: Types, attrs: Attrs):
+    x = _float(ts[0], "input")
+    for i, t in enumerate(ts[1:], 1):
+        if t is not None:
+            w = _float(t, f"operand {i}")
+            _last_dim(x, w.shape[0], f"operand {i} size")
+    return (x,)
+
+
+register(OpSpec(
+    "rms_norm", "x / sqrt(mean(x^2, -1) + eps) * weight, computed in f32.",
+    operands=(Operand("input", "float"), Operand("weight", "float", 1)),
+    attrs=(Attr("eps", "f32", 1e-6),), infer=_norm))
+
+register(OpSpec(
+    "layer_norm", "(x - mean) / sqrt(var + eps) * weight + bias over the last dim.",
+    operands=(Operand("input", "float"), Operand("weight", "float", 1),
+              Operand("bias", "float", 1, optional=True)),
+    attrs=(Attr("eps", "f32", 1e-5),), infer=_norm))
+
+
+def _linear(ts: Types, attrs: Attrs):
+    x, w = _float(ts[0], "input"), _float(ts[1], "weight")
+    _last_dim(x, w.shape[1], "input vs weight [out, in]")
+    if len(ts) > 2 and ts[2] is not None:
+        _last_dim(_float(ts[2], "bias"), w.shape[0], "bias vs weight rows")
+    return (TensorT(x.shape[:-1] + (w.shape[0],), x.dtype),)
+
+
+register(OpSpec(
+    "linear", "input @ weight^T (+ bias); weight is [out, in] as checkpoints store it.",
+    operands=(Operand("input", "float"), Operand("weight", "float", 2),
+              Operand("bias", "float", 1, optional=True)), infer=_linear))
+
+
+def _matmul(ts: Types, attrs: Attrs):
+    a, b = _float(ts[0], "lhs"), _float(ts[1], "rhs")
+    expect(a.rank >= 2 and b.rank >= 2, "matmul operands need rank >= 2")
+    expect(dims_match(a.shape[-1], b.shape[-2]), f"contraction dims differ: {a.shape} @ {b.shape}")
+    expect(b.rank == 2 or b.rank == a.rank, "rhs must be rank 2 or have lhs's batch dims")
+    return (TensorT(a.shape[:-1] + (b.shape[-1],), a.dtype),)
+
+
+register(OpSpec(
+    "matmul", "numpy matmul: [..., M, K] @ [..., K, N] (rhs may be a plain [K, N]).",
+    operands=(Operand("lhs", "float"), Operand("rhs", "float")), infer=_matmul))
+
+register(OpSpec("add", "Elementwise lhs + rhs (rhs broadcasts to lhs).",
+                operands=(Operand("lhs"), Operand("rhs")), infer=_broadcast_to_first))
+register(OpSpec("mul", "Elementwise lhs * rhs (rhs broadcasts to lhs).",
+                operands=(Operand("lhs"), Operand("rhs")), infer=_broadcast_to_first))
+register(OpSpec("silu", "x * sigmoid(x).", operands=(Operand("input", "float"),),
+                infer=_same_as_first))
+register(OpSpec("gelu", "GELU, exact (erf) or tanh approximation.",
+                operands=(Operand("input", "float"),),
+                attrs=(Attr("approximate", "str", "none", choices=("none", "tanh")),),
+                infer=_same_as_first))
+register(OpSpec("softmax", "Softmax over the last dim.", operands=(Operand("input", "float"),),
+                infer=_same_as_first))
+
+
+def _reshape(ts: Types, attrs: Attrs):
+    x = tensor(ts[0], "input")
+    shape = list(attrs["shape"])
+    out: list[int | None] = []
+    for i, d in enumerate(shape):
+        if d == 0:
+            expect(i < x.rank, f"shape[{i}] = 0 copies an input dim that does not exist")
+            out.append(x.shape[i])
+        else:
+            expect(d > 0, f"shape[{i}] = {d}: use a positive size or 0 (copy the input dim)")
+            out.append(d)
+    if all(d is not None for d in x.shape + tuple(out)):
+        n_in = _prod(x.shape)
+        expect(n_in == _prod(out), f"cannot reshape {x.shape} to {tuple(out)}")
+    return (TensorT(tuple(out), x.dtype),)
+
+
+def _prod(dims) -> int:
+    n = 1
+    for d in dims:
+        n *= d
+    return n
+
+
+register(OpSpec(
+    "reshape", "Reshape; a 0 in `shape` copies the input dim at that index (may be dynamic).",
+    operands=(Operand("input"),), attrs=(Attr("shape", "i64_array"),), infer=_reshape))
+
+
+def _rope(ts: Types, attrs: Attrs):
+    x, pos = _float(ts[0], "input"), _int(ts[1], "positions")
+    expect(x.rank == 4, f"input must be [batch, seq, heads, head_dim], got rank {x.rank}")
+    expect(pos.rank == 2, "positions must be [batch, seq]")
+    n = len(attrs["inv_freq"])
+    _last_dim(x, 2 * n, "head_dim vs 2 * len(inv_freq)")
+    return (x,)
+
+
+register(OpSpec(
+    "rope", "Rotary embedding, rotate-half form: angle = position * inv_freq[i] "
+    "(inv_freq carries any rope scaling, precomputed as the checkpoint defines it).",
+    operands=(Operand("input", "float", 4), Operand("positions", "int", 2)),
+    attrs=(Attr("inv_freq", "f32_array"),), infer=_rope))
+
+
+# ---- attention and the KV cache ------------------------------------------------------
+
+_ATTN_ATTRS = (Attr("layer", "i64"), Attr("num_heads", "i64"), Attr("num_kv_heads", "i64"),
+               Attr("head_dim", "i64"), Attr("scale", "f32"))
+
+
+def _check_heads(q: TensorT, cache: KVCacheT | PagedKVCacheT, attrs: Attrs) -> None:
+    expect(q.rank == 4, "query must be [batch, seq, heads, head_dim]")
+    expect(dims_match(q.shape[2], attrs["num_heads"]), f"query heads {q.shape[2]} != num_heads")
+    expect(q.shape[3] == attrs["head_dim"] == cache.head_dim, "head_dim differs between query, attribute and cache")
+    expect(cache.kv_heads == attrs["num_kv_heads"], "num_kv_heads differs from the cache's")
+    expect(attrs["num_heads"] % attrs["num_kv_heads"] == 0, "num_heads must be a multiple of num_kv_heads")
+    expect(0 <= attrs["layer"] < cache.layers, f"layer {attrs['layer']} out of range [0, {cache.layers})")
+
+
+def _attention(ts: Types, attrs: Attrs):
+    q, cache, pos = _float(ts[0], "query"), ts[1], _int(ts[2], "positions")
+    expect(isinstance(cache, KVCacheT), f"cache must be !llm.kv_cache, got {cache}")
+    _check_heads(q, cache, attrs)  # type: ignore[arg-type]
+    return (q,)
+
+
+register(OpSpec(
+    "attention", "Causal grouped-query attention of `query` over layer `layer` of a "
+    "contiguous cache: key s is visible to a query at position p iff s <= p.",
+    operands=(Operand("query", "float", 4), Operand("cache", "kv_cache"), Operand("positions", "int", 2)),
+    attrs=_ATTN_ATTRS, infer=_attention))
+
+
+def _append_kv(ts: Types, attrs: Attrs):
+    cache, k, v, pos = ts[0], _float(ts[1], "key"), _float(ts[2], "value"), _int(ts[3], "positions")
+    expect(isinstance(cache, KVCacheT), f"cache must be !llm.kv_cache, got {cache}")
+    _check_kv(cache, k, v, attrs)  # type: ignore[arg-type]
+    return (cache,)
+
+
+def _check_kv(cache: KVCacheT | PagedKVCacheT, k: TensorT, v: TensorT, attrs: Attrs) -> None:
+    expect(k.shape == v.shape, f"key {k.shape} and value {v.shape} shapes differ")
+    expect(k.rank == 4 and dims_match(k.shape[2], cache.kv_heads) and dims_match(k.shape[3], cache.head_dim),
+           f"key must be [batch, seq, {cache.kv_heads}, {cache.head_dim}], got {k.shape}")
+    expect(0 <= attrs["layer"] < cache.layers, f"layer {attrs['layer']} out of range [0, {cache.layers})")
+
+
+register(OpSpec(
+    "append_kv", "Write key/value [batch, seq, kv_heads, head_dim] of layer `layer` at "
+    "`positions` into a contiguous cache; positions < 0 are not written.",
+    operands=(Operand("cache", "kv_cache"), Operand("key", "float", 4), Operand("value", "float", 4),
+              Operand("positions", "int", 2)),
+    attrs=(Attr("layer", "i64"),), results=("cache",), infer=_append_kv))
+
+
+def _paged_attention(ts: Types, attrs: Attrs):
+    q, pool, bt, pos = _float(ts[0], "query"), ts[1], _int(ts[2], "block_tables"), _int(ts[3], "positions")
+    expect(isinstance(pool, PagedKVCacheT), f"pool must be !llm.paged_kv_cache, got {pool}")
+    _check_heads(q, pool, attrs)  # type: ignore[arg-type]
+    return (q,)
+
+
+register(OpSpec(
+    "paged_attention", "`attention` reading keys/values through a block table: key s of "
+    "batch row b lives in page block_tables[b, s // block_size], slot s % block_size.",
+    operands=(Operand("query", "float", 4), Operand("pool", "paged_kv_cache"),
+              Operand("block_tables", "int", 2), Operand("positions", "int", 2)),
+    attrs=_ATTN_ATTRS, infer=_paged_attention))
+
+
+def _paged_append_kv(ts: Types, attrs: Attrs):
+    pool, bt, k, v = ts[0], _int(ts[1], "block_tables"), _float(ts[2], "key"), _float(ts[3], "value")
+    _int(ts[4], "positions")
+    expect(isinstance(pool, PagedKVCacheT), f"pool must be !llm.paged_kv_cache, got {pool}")
+    _check_kv(pool, k, v, attrs)  # type: ignore[arg-type]
+    return (pool,)
+
+
+register(OpSpec(
+    "paged_append_kv", "`append_kv` into pages: position p of row b goes to page "
+    "block_tables[b, p // block_size], slot p % block_size; p < 0 is not written.",
+    operands=(Operand("pool", "paged_kv_cache"), Operand("block_tables", "int", 2),
+              Operand("key", "float", 4), Operand("value", "float", 4), Operand("positions", "int", 2)),
+    attrs=(Attr("layer", "i64"),), results=("pool",), infer=_paged_append_kv))
+
+
+def _positions(ts: Types, attrs: Attrs):
+    tokens, lens = _int(ts[0], "tokens"), _int(ts[1], "seq_lens")
+    expect(tokens.rank == 2 and lens.rank == 1, "tokens must be [batch, seq] and seq_lens [batch]")
+    return (TensorT(tokens.shape, "i64"),)
+
+
+register(OpSpec(
+    "positions", "Prefill positions: t for t < seq_lens[b], else -1 (padding).",
+    operands=(Operand("tokens", "int", 2), Operand("seq_lens", "int", 1)), infer=_positions))
+
+
+def _last_token(ts: Types, attrs: Attrs):
+    x, lens = tensor(ts[0], "input"), _int(ts[1], "seq_lens")
+    expect(x.rank == 3, "input must be [batch, seq, hidden]")
+    return (TensorT((x.shape[0], x.shape[2]), x.dtype),)
+
+
+register(OpSpec(
+    "last_token", "Row seq_lens[b] - 1 of each batch entry: [batch, seq, d] -> [batch, d].",
+    operands=(Operand("input", "tensor", 3), Operand("seq_lens", "int", 1)), infer=_last_token))
+
+
+def _argmax(ts: Types, attrs: Attrs):
+    x = _float(ts[0], "input")
+    return (TensorT(x.shape[:-1], "i64"),)
+
+
+register(OpSpec("argmax", "Index of the largest value along the last dim (first on ties).",
+                operands=(Operand("input", "float"),), infer=_argmax))
+
+
+# ---- quantization ----------------------------------------------------------------------
+
+_QATTRS = (Attr("bits", "i64", 8, choices=(4, 8)), Attr("group_size", "i64", 128))
+
+
+def _groups(k: int | None, group_size: int) -> int | None:
+    if k is None:
+        return None
+    expect(group_size > 0 and k % group_size == 0, f"in-features {k} not divisible by group_size {group_size}")
+    return k // group_size
+
+
+def _quantize(ts: Types, attrs: Attrs):
+    w = _float(ts[0], "input")
+    expect(w.rank == 2, "quantize takes a [out, in] weight")
+    g = _groups(w.shape[1], attrs["group_size"])
+    return (TensorT(w.shape, "i8"), TensorT((w.shape[0], g), "f32"), TensorT((w.shape[0], g), "i8"))
+
+
+register(OpSpec(
+    "quantize", "Group-wise quantization along the in-dim: q = clamp(round(w / scale) + zero); "
+    "symmetric gives zero = 0. int4 values are held in i8 until the archive packs them.",
+    operands=(Operand("input", "float", 2),),
+    attrs=_QATTRS + (Attr("symmetric", "bool", True),),
+    results=("values", "scales", "zero_points"), infer=_quantize))
+
+
+def _check_q(q: TensorT, scales: TensorT, zeros: LlmType | None, attrs: Attrs) -> None:
+    expect(q.rank == 2, "quantized values must be [out, in]")
+    g = _groups(q.shape[1], attrs["group_size"])
+    expect(scales.shape == (q.shape[0], g), f"scales must be [{q.shape[0]}, {g}], got {scales.shape}")
+    if zeros is not None:
+        expect(tensor(zeros, "zero_points").shape == scales.shape, "zero_points must match scales")
+
+
+def _dequantize(ts: Types, attrs: Attrs):
+    q, s = _int(ts[0], "values"), _float(ts[1], "scales")
+    _check_q(q, s, ts[2] if len(ts) > 2 else None, attrs)
+    return (TensorT(q.shape, s.dtype),)
+
+
+register(OpSpec(
+    "dequantize", "w = (q - zero) * scale, one scale per group of `group_size` in-features.",
+    operands=(Operand("values", "int", 2), Operand("scales", "float", 2),
+              Operand("zero_points", "int", 2, optional=True)),
+    attrs=_QATTRS, infer=_dequantize))
+
+
+def _quantized_matmul(ts: Types, attrs: Attrs):
+    x, q, s = _float(ts[0], "input"), _int(ts[1], "values"), _float(ts[2], "scales")
+    _check_q(q, s, ts[3] if len(ts) > 3 else None, attrs)
+    _last_dim(x, q.shape[1], "input vs weight [out, in]")
+    return (TensorT(x.shape[:-1] + (q.shape[0],), x.dtype),)
+
+
+register(OpSpec(
+    "quantized_matmul", "linear with a group-quantized weight: input @ dequantize(q)^T, "
+    "dequantized inside the matmul, never as a whole matrix.",
+    operands=(Operand("input", "float"), Operand("values", "int", 2), Operand("scales", "float", 2),
+              Operand("zero_points", "int", 2, optional=True)),
+    attrs=_QATTRS, infer=_quantized_matmul))
+
+
+# ---- tensor parallelism ----------------------------------------------------------------
+
+def _sharded_linear(ts: Types, attrs: Attrs):
+    (out,) = _linear(ts[:2], attrs)
+    w = tensor(ts[1], "weight")
+    n = attrs["num_shards"]
+    expect(attrs["shard_dim"] in (0, 1), "shard_dim must be 0 (split out-features) or 1 (split in-features)")
+    expect(n >= 1 and w.shape[attrs["shard_dim"]] % n == 0,
+           f"weight dim {attrs['shard_dim']} ({w.shape[attrs['shard_dim']]}) not divisible by num_shards {n}")
+    return (out,)
+
+
+register(OpSpec(
+    "sharded_linear", "linear computed as `num_shards` slices of the weight: shard_dim 0 "
+    "splits out-features (results concatenated), 1 splits in-features (partial sums added).",
+    operands=(Operand("input", "float"), Operand("weight", "float", 2)),
+    attrs=(Attr("shard_dim", "i64"), Attr("num_shards", "i64")), infer=_sharded_linear))
+
+
+def _all_gather(ts: Types, attrs: Attrs):
+    x, n, dim = tensor(ts[0], "input"), attrs["num_shards"], attrs["dim"]
+    expect(x.rank >= 2 and dims_match(x.shape[0], n), f"input must be [num_shards={n}, ...], got {x.shape}")
+    inner = list(x.shape[1:])
+    expect(0 <= dim < len(inner), f"dim {dim} out of range for {tuple(inner)}")
+    inner[dim] = None if inner[dim] is None else inner[dim] * n
+    return (TensorT(tuple(inner), x.dtype),)
+
+
+register(OpSpec(
+    "all_gather", "Concatenate the shards of [num_shards, ...] along `dim` of the shard shape.",
+    operands=(Operand("input"),), attrs=(Attr("dim", "i64"), Attr("num_shards", "i64")),
+    infer=_all_gather))
+
+
+def _all_reduce(ts: Types, attrs: Attrs):
+    x, n = tensor(ts[0], "input"), attrs["num_shards"]
+    expect(x.rank >= 1 and dims_match(x.shape[0], n), f"input must be [num_shards={n}, ...], got {x.shape}")
+    return (TensorT(x.shape[1:], x.dtype),)
+
+
+register(OpSpec(
+    "all_reduce", "Reduce the shards of [num_shards, ...] elementwise (sum or max).",
+    operands=(Operand("input"),),
+    attrs=(Attr("num_shards", "i64"), Attr("reduction", "str", "sum", choices=("sum", "max"))),
+    infer=_all_reduce))
+
+__all__ = ["REQUIRED"]

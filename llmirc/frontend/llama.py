@@ -1,0 +1,142 @@
+"""Llama-family checkpoint -> llm IR with `prefill` and `decode` entry points.
+
+Reads top to bottom like the model: embed, then per layer
+norm -> attention -> residual -> norm -> mlp -> residual, then norm and head.
+The KV cache is an explicit contiguous `!llm.kv_cache` value threaded through
+every layer; `blockify-kv-cache` later makes it paged. Weights are `llm.weight`
+ops that name checkpoint tensors, so the IR never holds weight data.
+"""
+
+from __future__ import annotations
+
+from iree.compiler import ir
+from iree.compiler.dialects import func
+
+from ..dialect import Builder, KVCacheT, TensorT, make_context
+from .config import LlamaConfig
+
+F32 = "f32"
+
+
+def weight_shapes(c: LlamaConfig) -> dict[str, tuple[int, ...]]:
+    """Every tensor the IR references, with the shape config.json implies."""
+    h, d = c.hidden_size, c.head_dim
+    shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (c.vocab_size, h)}
+    for i in range(c.num_layers):
+        p = f"model.layers.{i}."
+        shapes |= {
+            p + "input_layernorm.weight": (h,),
+            p + "self_attn.q_proj.weight": (c.num_heads * d, h),
+            p + "self_attn.k_proj.weight": (c.num_kv_heads * d, h),
+            p + "self_attn.v_proj.weight": (c.num_kv_heads * d, h),
+            p + "self_attn.o_proj.weight": (h, c.num_heads * d),
+            p + "post_attention_layernorm.weight": (h,),
+            p + "mlp.gate_proj.weight": (c.intermediate_size, h),
+            p + "mlp.up_proj.weight": (c.intermediate_size, h),
+            p + "mlp.down_proj.weight": (h, c.intermediate_size),
+        }
+        if c.attention_bias:
+            shapes |= {p + f"self_attn.{n}_proj.bias": (k,) for n, k in
+                       (("q", c.num_heads * d), ("k", c.num_kv_heads * d), ("v", c.num_kv_heads * d), ("o", h))}
+        if c.mlp_bias:
+            shapes |= {p + f"mlp.{n}_proj.bias": (k,) for n, k in
+                       (("gate", c.intermediate_size), ("up", c.intermediate_size), ("down", h))}
+    shapes["model.norm.weight"] = (h,)
+    if not c.tie_word_embeddings:
+        shapes["lm_head.weight"] = (c.vocab_size, h)
+    return shapes
+
+
+def cache_type(c: LlamaConfig) -> KVCacheT:
+    return KVCacheT(c.num_layers, c.num_kv_heads, c.head_dim, c.max_seq_len, F32)
+
+
+class _LlamaBuilder:
+    def __init__(self, c: LlamaConfig, b: Builder):
+        self.c, self.b = c, b
+        self.shapes = weight_shapes(c)
+        self.inv_freq = [float(x) for x in c.inv_freq()]
+
+    def w(self, name: str) -> ir.Value:
+        return self.b.weight(name=name, result_types=[TensorT(self.shapes[name], F32)], loc=name)
+
+    def linear(self, x: ir.Value, prefix: str, bias: bool) -> ir.Value:
+        return self.b.linear(x, self.w(prefix + ".weight"),
+                             bias=self.w(prefix + ".bias") if bias else None, loc=prefix)
+
+    def attn(self, x: ir.Value, pos: ir.Value, cache: ir.Value, i: int) -> tuple[ir.Value, ir.Value]:
+        c, b, p = self.c, self.b, f"model.layers.{i}.self_attn"
+        q = b.reshape(self.linear(x, p + ".q_proj", c.attention_bias), shape=[0, 0, c.num_heads, c.head_dim])
+        k = b.reshape(self.linear(x, p + ".k_proj", c.attention_bias), shape=[0, 0, c.num_kv_heads, c.head_dim])
+        v = b.reshape(self.linear(x, p + ".v_proj", c.attention_bias), shape=[0, 0, c.num_kv_heads, c.head_dim])
+        q = b.rope(q, pos, inv_freq=self.inv_freq, loc=p + ".rope_q")
+        k = b.rope(k, pos, inv_freq=self.inv_freq, loc=p + ".rope_k")
+        cache = b.append_kv(cache, k, v, pos, layer=i, loc=p + ".append_kv")
+        a = b.attention(q, cache, pos, layer=i, num_heads=c.num_heads, num_kv_heads=c.num_kv_heads,
+                        head_dim=c.head_dim, scale=c.head_dim ** -0.5, loc=p + ".attention")
+        a = b.reshape(a, shape=[0, 0, c.num_heads * c.head_dim])
+        return self.linear(a, p + ".o_proj", c.attention_bias), cache
+
+    def mlp(self, x: ir.Value, i: int) -> ir.Value:
+        b, p, bias = self.b, f"model.layers.{i}.mlp", self.c.mlp_bias
+        gate = b.silu(self.linear(x, p + ".gate_proj", bias))
+        return self.linear(b.mul(gate, self.linear(x, p + ".up_proj", bias)), p + ".down_proj", bias)
+
+    def body(self, tokens: ir.Value, pos: ir.Value, cache: ir.Value) -> tuple[ir.Value, ir.Value]:
+        """Decoder layers over tokens [B, T]; returns hidden [B, T, H] and the cache."""
+        b, eps = self.b, self.c.rms_norm_eps
+        x = b.embedding(tokens, self.w("model.embed_tokens.weight"))
+        for i in range(self.c.num_layers):
+            p = f"model.layers.{i}"
+            h = b.rms_norm(x, self.w(p + ".input_layernorm.weight"), eps=eps, loc=p + ".input_layernorm")
+            a, cache = self.attn(h, pos, cache, i)
+            x = b.add(x, a, loc=p + ".attn_residual")
+            h = b.rms_norm(x, self.w(p + ".post_attention_layernorm.weight"), eps=eps,
+                           loc=p + ".post_attention_layernorm")
+            x = b.add(x, self.mlp(h, i), loc=p + ".mlp_residual")
+        return x, cache
+
+    def head(self, x: ir.Value) -> ir.Value:
+        """Final norm and lm_head on [B, H] -> logits [B, V]."""
+        x = self.b.rms_norm(x, self.w("model.norm.weight"), eps=self.c.rms_norm_eps, loc="model.norm")
+        name = "model.embed_tokens.weight" if self.c.tie_word_embeddings else "lm_head.weight"
+        return self.b.linear(x, self.w(name), loc="lm_head")
+
+
+def _entry(name: str, args: list, results: list, body) -> None:
+    f = func.FuncOp(name, ([ir.Type.parse(str(t)) for t in args], [ir.Type.parse(str(t)) for t in results]))
+    block = f.add_entry_block()
+    with ir.InsertionPoint(block):
+        func.ReturnOp(list(body(*block.arguments)))
+
+
+def build_llama(c: LlamaConfig, ctx: ir.Context | None = None) -> ir.Module:
+    """llm IR module with `prefill` and `decode` (contiguous KV cache semantics).
+
+    prefill(tokens i64[B,T], seq_lens i64[B], cache) -> (logits f32[B,V], cache)
+    decode(tokens i64[B], positions i64[B], cache) -> (logits f32[B,V], cache)
+    """
+    ctx = ctx or make_context()
+    cache_t = cache_type(c)
+    logits_t = TensorT((None, c.vocab_size), F32)
+    with ctx, ir.Location.unknown():
+        module = ir.Module.create()
+        module.operation.attributes["llm.model"] = ir.StringAttr.get(c.architecture)
+        lb = _LlamaBuilder(c, Builder())
+        b = lb.b
+
+        def prefill(tokens, seq_lens, cache):
+            pos = b.positions(tokens, seq_lens, loc="prefill.positions")
+            x, cache = lb.body(tokens, pos, cache)
+            return lb.head(b.last_token(x, seq_lens, loc="prefill.last_token")), cache
+
+        def decode(tokens, positions, cache):
+            x, cache = lb.body(b.reshape(tokens, shape=[0, 1]), b.reshape(positions, shape=[0, 1]), cache)
+            return lb.head(b.reshape(x, shape=[0, c.hidden_size])), cache
+
+        with ir.InsertionPoint(module.body):
+            _entry("prefill", [TensorT((None, None), "i64"), TensorT((None,), "i64"), cache_t],
+                   [logits_t, cache_t], prefill)
+            _entry("decode", [TensorT((None,), "i64"), TensorT((None,), "i64"), cache_t],
+                   [logits_t, cache_t], decode)
+    return module

@@ -1,0 +1,26 @@
+"""Shared fixtures: small random-weight Llama checkpoints made offline, once per session."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from llmirc.testing.checkpoints import CheckpointSpec, make_checkpoint
+
+# Two layers, grouped-query attention (4 query heads share 2 KV heads).
+TINY = CheckpointSpec(layers=2, hidden=64, heads=4, kv_heads=2, intermediate=128, vocab=300, max_seq_len=128,
+                      seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tmp_path_factory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("tiny") / "ckpt", TINY)
+
+
+@pytest.fixture
+def checkpoint_copy(tiny_checkpoint, tmp_path) -> Path:
+    """A private copy of the tiny checkpoint that a test may break."""
+    import shutil
+
+    return Path(shutil.copytree(tiny_checkpoint, tmp_path / "ckpt"))

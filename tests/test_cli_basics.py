@@ -1,0 +1,60 @@
+"""CLI basics: make-checkpoint, --emit llm, passes/targets listings, unknown target."""
+
+from __future__ import annotations
+
+import json
+
+from click.testing import CliRunner
+
+from llmirc.cli import main
+from llmirc.dialect import parse_module, print_module, verify_module
+
+
+def test_make_checkpoint_then_emit_llm(tmp_path):
+    r = CliRunner()
+    res = r.invoke(main, ["testing", "make-checkpoint", str(tmp_path / "ck"), "--layers", "3", "--hidden", "32",
+                          "--heads", "4", "--kv-heads", "1", "--vocab", "260", "--seed", "7", "--dtype", "bfloat16"])
+    assert res.exit_code == 0, res.output
+    cfg = json.loads((tmp_path / "ck" / "config.json").read_text())
+    assert cfg["num_hidden_layers"] == 3 and cfg["num_key_value_heads"] == 1
+    assert (tmp_path / "ck" / "tokenizer.json").is_file()
+    out = tmp_path / "model.mlir"
+    res = r.invoke(main, ["compile", str(tmp_path / "ck"), "--emit", "llm", "-o", str(out)])
+    assert res.exit_code == 0, res.stderr
+    text = out.read_text()
+    module = parse_module(text)
+    verify_module(module)
+    assert print_module(module) == text
+    assert text.count('"llm.attention"') == 2 * 3
+    assert '"llm.weight"() {name = "model.layers.2.mlp.down_proj.weight"}' in text
+    assert "dense<" not in text  # weights are referenced by name, never inlined
+
+
+def test_emit_llm_opt_has_paged_cache(tiny_checkpoint, tmp_path):
+    out = tmp_path / "opt.mlir"
+    res = CliRunner().invoke(main, ["compile", str(tiny_checkpoint), "--emit", "llm-opt", "-O0", "--page-size", "8",
+                                    "-o", str(out), "--timing"])
+    assert res.exit_code == 0, res.stderr
+    assert "blockify-kv-cache" in res.stderr  # timing report
+    assert "!llm.paged_kv_cache<2 : i64, 2 : i64, 16 : i64, 8 : i64, f32>" in out.read_text()
+
+
+def test_unknown_target_is_one_clear_error(tiny_checkpoint, tmp_path):
+    res = CliRunner().invoke(main, ["compile", str(tiny_checkpoint), "--target", "fpga", "-o", str(tmp_path / "a")])
+    assert res.exit_code == 1
+    assert res.stderr.strip().splitlines() == ["error: unknown target 'fpga' (known: "
+                                               + res.stderr.split("(known: ")[1].strip()]
+    assert not (tmp_path / "a").exists()
+
+
+def test_unknown_cpu_variant(tiny_checkpoint, tmp_path):
+    res = CliRunner().invoke(main, ["compile", str(tiny_checkpoint), "--target", "cpu:pentium2", "-o",
+                                    str(tmp_path / "a")])
+    assert res.exit_code == 1 and "unknown cpu variant 'pentium2'" in res.stderr
+
+
+def test_passes_listing_json():
+    res = CliRunner().invoke(main, ["passes", "--json"])
+    data = json.loads(res.output)
+    assert "blockify-kv-cache" in [p["name"] for p in data["passes"]]
+    assert data["levels"]["O0"][0] == "blockify-kv-cache"
