@@ -144,6 +144,40 @@ def inspect(artifact: Path, as_json: bool) -> None:
     click.echo(manifest.to_json() if as_json else describe(manifest))
 
 
+# ---- opt: llm IR in, llm IR out ----------------------------------------------------------
+
+@main.command()
+@click.argument("source", type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--passes", required=True, help="Pipeline to run, e.g. 'cse,dce' or "
+              "'blockify-kv-cache{block_size=8}'.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), help="Output file (default: stdout).")
+@click.option("--print-ir-after-all", is_flag=True, help="Print IR after every pass (stderr).")
+@click.option("--timing", is_flag=True, help="Report per-pass wall time (stderr).")
+@click.option("--no-verify-each", is_flag=True, help="Skip verifying the IR after each pass.")
+def opt(source: Path, passes: str, output: Path | None, print_ir_after_all: bool, timing: bool,
+        no_verify_each: bool) -> None:
+    """Run passes on an llm IR file and print the result (like mlir-opt)."""
+    from iree.compiler import ir
+
+    from .dialect import parse_module, print_module, verify_module
+    from .pipelines import PassManager, parse_pipeline
+
+    try:
+        module = parse_module(source.read_text())
+    except ir.MLIRError as e:
+        raise LlmircError(f"{source}: cannot parse: {str(e).splitlines()[0]}") from None
+    verify_module(module, context=f"input {source}")
+    PassManager(parse_pipeline(passes), verify_each=not no_verify_each, print_ir_after_all=print_ir_after_all,
+                timing=timing).run(module)
+    text = print_module(module)
+    if output:
+        from .compiler import write_atomic
+
+        write_atomic(output, text)
+    else:
+        click.echo(text, nl=False)
+
+
 # ---- dialect, passes, targets ------------------------------------------------------------
 
 @main.command()

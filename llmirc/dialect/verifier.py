@@ -6,12 +6,13 @@ from iree.compiler import ir
 
 from . import ops as _ops  # noqa: F401  (registers the op specs)
 from .attrs import op_attrs, op_operands
+from ..errors import LlmircError
 from .context import location_name
 from .spec import SpecError, lookup
 from .types import KVCacheT, PagedKVCacheT, TensorT, from_mlir
 
 
-class VerificationError(ValueError):
+class VerificationError(LlmircError, ValueError):
     """The IR breaks an op's spec. `errors` holds every message found."""
 
     def __init__(self, errors: list[str]):

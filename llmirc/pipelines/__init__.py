@@ -1,6 +1,6 @@
 """Passes over llm IR, the pass manager, and the O0-O3 pipelines (see pipeline.py)."""
 
-from . import blockify_kv_cache  # noqa: F401  (registers passes)
+from . import blockify_kv_cache, canonicalize, cse, dce  # noqa: F401  (registers passes)
 from .pass_manager import PASSES, PassError, PassManager, parse_pipeline, register_pass
 from .pipeline import pipeline_for_level
 
