@@ -46,13 +46,16 @@ class Builder:
             in_types = [None if v is None else from_mlir(v.type) for v in operands]
             for o, t in zip(spec.operands, in_types):  # as the verifier does, before infer indexes dims
                 if o.rank is not None and isinstance(t, TensorT) and t.rank != o.rank:
-                    raise SpecError(f"{spec.full_name}{' at ' + loc if loc else ''}: "
+                    raise SpecError(f"{spec.full_name}{f' at {loc}' if loc else ''}: "
                                     f"operand '{o.name}' must have rank {o.rank}, got {t}")
             try:
                 result_types = list(spec.infer(in_types, values))
             except SpecError as e:
                 raise SpecError(f"{spec.full_name}{f' at {loc}' if loc else ''}: {e}") from None
-        mlir_attrs = {a.name: to_attr(a, values[a.name]) for a in spec.attrs}
+        try:
+            mlir_attrs = {a.name: to_attr(a, values[a.name]) for a in spec.attrs}
+        except SpecError as e:  # e.g. a value outside `choices`: name the op like the other errors
+            raise SpecError(f"{spec.full_name}{f' at {loc}' if loc else ''}: {e}") from None
         if spec.has_optional:
             mlir_attrs["operandSegmentSizes"] = ir.DenseI32ArrayAttr.get(
                 [0 if v is None else 1 for v in operands])
