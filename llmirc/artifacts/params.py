@@ -1,0 +1,86 @@
+"""IREE parameter archives (.irpa): the weights of an artifact, outside the vmfb.
+
+Measured with IREE 3.13 on the 2-core dev machine (1 GiB of f32 weights in 8 arrays):
+
+* Writing: `ParameterIndex.add_buffer` keeps a reference to the caller's buffer (no copy)
+  and `create_archive_file` streams those buffers into the file. Peak RSS stayed at the
+  size of the arrays themselves (1055 MB before and after writing): 1x the weights, not 3x.
+  Do not pass `array.tobytes()` (that is a second copy); pass the array (a uint8 view).
+  If the caller's arrays are memory-mapped (e.g. from safetensors), the writer does not
+  make them resident either.
+* Loading: `ParameterIndex.load(path)` memory-maps the archive by default (`mmap=True`):
+  it took 3 ms for 1 GiB and added no anonymous memory. On the local-task (CPU) driver the
+  parameters are imported from the mapping, not copied: after running a function that reads
+  one 128 MiB parameter, RSS grew by 130 MB of *file-backed* pages and anonymous memory did
+  not grow. With `mmap=False` the load read the whole 1 GiB into anonymous memory (1.1 s)
+  and the context then copied the used parameter again. So we always load with mmap=True.
+  (GPU drivers must still upload weights to device memory; the mapping is the source.)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from llmirc.errors import ArtifactError
+
+SCOPE = "model"
+
+
+def write_params(path: str | Path, params: Mapping[str, np.ndarray]) -> None:
+    """Write `params` (checkpoint tensor name -> array) as an IREE parameter archive.
+
+    Arrays are added by reference and streamed into the file by IREE, so peak memory is the
+    arrays themselves. Each entry carries IREE's tensor metadata (dtype and shape) where
+    IREE knows the dtype; bf16 (ml_dtypes) has none and is stored as raw bytes.
+    """
+    import iree.runtime as rt
+    from iree.runtime.io import parameter_index_add_numpy_ndarray
+
+    index = rt.ParameterIndex()
+    keep_alive = []  # contiguous copies of non-contiguous inputs must outlive the write
+    for name, array in params.items():
+        if not isinstance(array, np.ndarray):
+            raise TypeError(f"parameter {name!r} is a {type(array).__name__}, expected a numpy array")
+        contiguous = np.ascontiguousarray(array)
+        keep_alive.append(contiguous)
+        try:
+            parameter_index_add_numpy_ndarray(index, name, contiguous)
+        except (KeyError, ValueError):  # dtype without IREE metadata (bf16, fp8)
+            index.add_buffer(name, contiguous.reshape(-1).view(np.uint8))
+    index.create_archive_file(str(path))
+
+
+def load_params(path: str | Path) -> "iree.runtime.ParameterIndex":  # noqa: F821
+    """Memory-map an archive (see the module docstring for what that costs)."""
+    import iree.runtime as rt
+
+    index = rt.ParameterIndex()
+    try:
+        index.load(str(path), mmap=True)
+    except (RuntimeError, ValueError, OSError) as e:
+        raise ArtifactError(f"{path} is not a readable IREE parameter archive ({_first_line(e)}); "
+                            "re-run `llmirc compile` to rebuild the artifact") from None
+    return index
+
+
+def read_params(path: str | Path) -> dict[str, np.ndarray]:
+    """Read an archive back into arrays (views of the mapping); for tests and inspection."""
+    from iree.runtime.io import parameter_index_entry_as_numpy_flat_ndarray, parameter_index_entry_as_numpy_ndarray
+
+    out: dict[str, np.ndarray] = {}
+    for key, entry in load_params(path).items():
+        try:
+            out[key] = parameter_index_entry_as_numpy_ndarray(entry)
+        except ValueError:  # raw bytes (no metadata)
+            out[key] = parameter_index_entry_as_numpy_flat_ndarray(entry)
+    return out
+
+
+def _first_line(e: BaseException, limit: int = 240) -> str:
+    """IREE's first error line, cut to `limit` characters (it can embed a whole target attribute)."""
+    text = str(e).strip()
+    line = text.splitlines()[0] if text else type(e).__name__
+    return line if len(line) <= limit else line[: limit - 3] + "..."
