@@ -14,13 +14,15 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from collections.abc import Mapping
 from typing import Callable
 
 from . import __version__
 from .dialect import print_module
+from .dialect.context import weight_names
 from .errors import LlmircError
-from .frontend import import_checkpoint
-from .pipelines import PassManager, parse_pipeline, pipeline_for_level
+from .frontend import import_checkpoint, weight_shapes
+from .pipelines import PassManager, WeightStore, parse_pipeline, pipeline_for_level
 from .targets import TargetProfile, resolve
 
 EMIT_KINDS = ("llm", "llm-opt", "iree-input", "vmfb")
@@ -94,8 +96,10 @@ def compile_checkpoint(opts: CompileOptions, progress: Progress | None = _stderr
 
     t = stage(f"optimize -O{opts.opt_level}" + (f" --passes={opts.passes}" if opts.passes else ""))
     passes = parse_pipeline(opts.passes) if opts.passes else pipeline_for_level(opts.opt_level, page_size)
+    weights = WeightStore(model.checkpoint.load, list(weight_shapes(model.config)))
     PassManager(passes, verify_each=opts.verify_each, print_ir_after_all=opts.print_ir_after_all,
-                print_ir_after=frozenset(opts.print_ir_after), timing=opts.timing).run(model.module)
+                print_ir_after=frozenset(opts.print_ir_after), timing=opts.timing,
+                weights=weights).run(model.module)
     result.stage_seconds["optimize"] = time.perf_counter() - t
     if opts.emit == "llm-opt":
         write_atomic(opts.output, print_module(model.module))
@@ -119,13 +123,30 @@ def compile_checkpoint(opts: CompileOptions, progress: Progress | None = _stderr
 
     t = stage(f"write artifact {opts.output}")
     write_bundle(
-        opts.output, vmfb=vmfb, params=model.weights(), tokenizer_files=model.tokenizer_files(),
+        opts.output, vmfb=vmfb, params=_LazyParams(weights, weight_names(model.module)),
+        tokenizer_files=model.tokenizer_files(),
         model=model.config.summary(), target=_target_record(target, opts.opt_level),
         opt_level=opts.opt_level, kv={"page_size": page_size, "dtype": "f32"},
         compiler={"llmirc": __version__, "iree": _iree_version()},
         source={"checkpoint": str(opts.checkpoint)})
     result.stage_seconds["write"] = time.perf_counter() - t
     return result
+
+
+class _LazyParams(Mapping):
+    """The tensors the IR references, computed/loaded one at a time as the archive is written."""
+
+    def __init__(self, store: WeightStore, names: list[str]):
+        self.store, self.names = store, names
+
+    def __getitem__(self, name: str):
+        return self.store[name]
+
+    def __iter__(self):
+        return iter(self.names)
+
+    def __len__(self) -> int:
+        return len(self.names)
 
 
 def _target_record(t: TargetProfile, opt_level: int) -> dict:

@@ -63,13 +63,19 @@ def op_attrs(spec: OpSpec, op: ir.Operation) -> dict[str, Any]:
     return out
 
 
-def op_operands(spec: OpSpec, op: ir.Operation) -> list[ir.Value | None]:
+def op_operands(spec: OpSpec, op: ir.Operation) -> list:
     """Operands in spec order, with None for absent optional operands.
+
+    A variadic op (its sole operand is variadic) gets one entry: the list of values.
 
     Ops with optional operands carry `operandSegmentSizes` (as MLIR's
     AttrSizedOperandSegments does), which is also what IRDL expects.
     """
     values = list(op.operands)
+    if spec.is_variadic:
+        if not values:
+            raise SpecError(f"operand '{spec.operands[0].name}' needs at least one value")
+        return [values]  # type: ignore[list-item]
     if not spec.has_optional:
         if len(values) != len(spec.operands):
             raise SpecError(f"expected {len(spec.operands)} operands, got {len(values)}")

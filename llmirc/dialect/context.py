@@ -42,3 +42,17 @@ def location_name(loc: ir.Location) -> str:
     if text.startswith('loc("') and text.endswith('")'):
         return text[5:-2]
     return text.removeprefix("loc(").removesuffix(")")
+
+
+def weight_names(module: ir.Module) -> list[str]:
+    """Names of every tensor the module's `llm.weight` ops reference, in first-use order."""
+    names: dict[str, None] = {}
+
+    def visit(op: ir.Operation) -> ir.WalkResult:
+        op = op.operation if hasattr(op, "operation") else op
+        if op.name == "llm.weight":
+            names[ir.StringAttr(op.attributes["name"]).value] = None
+        return ir.WalkResult.ADVANCE
+
+    module.operation.walk(visit)
+    return list(names)

@@ -250,6 +250,36 @@ def _all_reduce(a, x):
     return x.sum(0) if a["reduction"] == "sum" else x.max(0)
 
 
+@impl("concat")
+def _concat(a, xs):
+    return np.concatenate(xs, axis=a["axis"])
+
+
+@impl("slice")
+def _slice(a, x):
+    idx = [slice(None)] * x.ndim
+    idx[a["axis"]] = slice(a["start"], a["start"] + a["size"])
+    return x[tuple(idx)]
+
+
+@impl("fused_linear")
+def _fused_linear(a, x, w, b=None):
+    y = _linear(a, x, w, b)
+    act = a["activation"]
+    if act == "swiglu":
+        n = y.shape[-1] // 2
+        return _silu(a, y[..., :n]) * y[..., n:]
+    if act == "silu":
+        return _silu(a, y)
+    return _gelu({"approximate": "tanh" if act == "gelu_tanh" else "none"}, y)
+
+
+@impl("add_rms_norm")
+def _add_rms_norm(a, x, r, w):
+    s = x + r
+    return s, _rms_norm(a, s, w)
+
+
 # ---- driver ---------------------------------------------------------------------------
 
 def _check_arg(i: int, value: Array, t) -> None:
@@ -288,7 +318,8 @@ def _run_op(op: ir.Operation, env: dict, weights: Mapping[str, Array]) -> tuple:
         if attrs["name"] not in weights:
             raise InterpreterError(f"no weight '{attrs['name']}' given")
         return (weights[attrs["name"]],)
-    operands = [None if v is None else env[v] for v in op_operands(spec, op)]
+    operands = [None if v is None else [env[x] for x in v] if isinstance(v, list) else env[v]
+                for v in op_operands(spec, op)]
     while operands and operands[-1] is None:
         operands.pop()
     out = IMPLS[spec.name](attrs, *operands)

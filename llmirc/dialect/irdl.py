@@ -111,7 +111,7 @@ def _operation(spec: OpSpec) -> list[str]:
     for o in spec.operands:
         c = body.emit(f"irdl.base {_OPERAND_BASE[o.kind]}", o.name + "_")
         by_name[o.name] = (c, o.kind)
-        operands.append(f"{o.name}: {'optional ' if o.optional else ''}{c}")
+        operands.append(f"{o.name}: {'optional ' if o.optional else 'variadic ' if o.variadic else ''}{c}")
     attrs = [f'"{a.name}" = {_attr_constraint(body, a)}' for a in spec.attrs]
     results = []
     for r in spec.results:

@@ -396,3 +396,81 @@ register(OpSpec(
     infer=_all_reduce))
 
 __all__ = ["REQUIRED"]
+
+
+# ---- ops that passes introduce -------------------------------------------------------
+
+def _axis(axis: int, rank: int) -> int:
+    expect(-rank <= axis < rank, f"axis {axis} out of range for rank {rank}")
+    return axis % rank
+
+
+def _concat(ts: Types, attrs: Attrs):
+    xs = [tensor(t, f"input {i}") for i, t in enumerate(ts[0])]  # type: ignore[arg-type]
+    rank = xs[0].rank
+    axis = _axis(attrs["axis"], rank)
+    for i, x in enumerate(xs[1:], 1):
+        expect(x.rank == rank and x.dtype == xs[0].dtype, f"input {i} ({x}) differs in rank or dtype from {xs[0]}")
+        for d in range(rank):
+            expect(d == axis or dims_match(x.shape[d], xs[0].shape[d]), f"input {i} shape {x.shape} "
+                   f"differs from {xs[0].shape} off axis {axis}")
+    sizes = [x.shape[axis] for x in xs]
+    shape = list(xs[0].shape)
+    shape[axis] = None if None in sizes else sum(sizes)
+    return (TensorT(tuple(shape), xs[0].dtype),)
+
+
+register(OpSpec(
+    "concat", "Concatenate tensors along `axis` (fuse-qkv joins weights with it; fold-weights "
+    "evaluates it at compile time).",
+    operands=(Operand("inputs", variadic=True),), attrs=(Attr("axis", "i64"),), infer=_concat))
+
+
+def _slice(ts: Types, attrs: Attrs):
+    x = tensor(ts[0], "input")
+    axis = _axis(attrs["axis"], x.rank)
+    start, size = attrs["start"], attrs["size"]
+    expect(start >= 0 and size > 0, f"start {start} and size {size} must be >= 0 and > 0")
+    expect(x.shape[axis] is None or start + size <= x.shape[axis],
+           f"slice [{start}, {start + size}) exceeds dim {axis} of size {x.shape[axis]}")
+    shape = list(x.shape)
+    shape[axis] = size
+    return (TensorT(tuple(shape), x.dtype),)
+
+
+register(OpSpec(
+    "slice", "input[..., start:start+size, ...] along `axis`.",
+    operands=(Operand("input"),), attrs=(Attr("axis", "i64"), Attr("start", "i64"), Attr("size", "i64")),
+    infer=_slice))
+
+ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "swiglu")
+
+
+def _fused_linear(ts: Types, attrs: Attrs):
+    (y,) = _linear(ts, attrs)
+    if attrs["activation"] != "swiglu":
+        return (y,)
+    n = y.shape[-1]
+    expect(n is not None and n % 2 == 0, f"swiglu needs an even number of out-features, got {n}")
+    return (TensorT(y.shape[:-1] + (n // 2,), y.dtype),)
+
+
+register(OpSpec(
+    "fused_linear", "linear with its activation as the matmul's epilogue: silu(y), gelu(y), or "
+    "swiglu: silu(y[..., :N]) * y[..., N:] for a weight of 2N fused gate/up rows.",
+    operands=(Operand("input", "float"), Operand("weight", "float", 2),
+              Operand("bias", "float", 1, optional=True)),
+    attrs=(Attr("activation", "str", choices=ACTIVATIONS),), infer=_fused_linear))
+
+
+def _add_rms_norm(ts: Types, attrs: Attrs):
+    (s,) = _broadcast_to_first(ts[:2], attrs)
+    _norm([s, ts[2]], attrs)
+    return (s, s)
+
+
+register(OpSpec(
+    "add_rms_norm", "sum = input + residual; normed = rms_norm(sum, weight): the residual add "
+    "and the next norm in one pass over the activations.",
+    operands=(Operand("input", "float"), Operand("residual", "float"), Operand("weight", "float", 1)),
+    attrs=(Attr("eps", "f32", 1e-6),), results=("sum", "normed"), infer=_add_rms_norm))

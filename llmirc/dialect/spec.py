@@ -31,6 +31,7 @@ class Operand:
     kind: str = "tensor"
     rank: int | None = None  # required rank; None accepts any rank
     optional: bool = False
+    variadic: bool = False  # one or more values; only allowed as an op's sole operand
 
 
 @dataclass(frozen=True)
@@ -63,6 +64,10 @@ class OpSpec:
     def has_optional(self) -> bool:
         return any(o.optional for o in self.operands)
 
+    @property
+    def is_variadic(self) -> bool:
+        return bool(self.operands) and self.operands[0].variadic
+
 
 REGISTRY: dict[str, OpSpec] = {}
 
@@ -71,6 +76,7 @@ def register(spec: OpSpec) -> OpSpec:
     assert spec.name not in REGISTRY, spec.name
     for o in spec.operands:
         assert o.kind in OPERAND_KINDS, (spec.name, o)
+        assert not o.variadic or len(spec.operands) == 1, (spec.name, "variadic must be the sole operand")
     for a in spec.attrs:
         assert a.kind in ATTR_KINDS, (spec.name, a)
     REGISTRY[spec.name] = spec

@@ -37,6 +37,9 @@ def verify_op(op: ir.Operation) -> None:
     operands = op_operands(spec, op)
     types = []
     for o, v in zip(spec.operands, operands):
+        if o.variadic:
+            types.append([_value_type(x, f"{o.name}[{i}]") for i, x in enumerate(v)])
+            continue
         t = None if v is None else _value_type(v, o.name)
         types.append(t)
         if o.rank is not None and isinstance(t, TensorT) and t.rank != o.rank:

@@ -1,7 +1,10 @@
 """Passes over llm IR, the pass manager, and the O0-O3 pipelines (see pipeline.py)."""
 
-from . import blockify_kv_cache, canonicalize, cse, dce  # noqa: F401  (registers passes)
+from . import (  # noqa: F401  (registers passes)
+    blockify_kv_cache, canonicalize, cse, dce, fold_weights, fuse_gate_up, fuse_matmul_activation, fuse_qkv,
+    fuse_residual_norm)
 from .pass_manager import PASSES, PassError, PassManager, parse_pipeline, register_pass
 from .pipeline import pipeline_for_level
+from .weights import WeightStore
 
-__all__ = ["PASSES", "PassError", "PassManager", "parse_pipeline", "pipeline_for_level", "register_pass"]
+__all__ = ["PASSES", "PassError", "PassManager", "parse_pipeline", "pipeline_for_level", "register_pass", "WeightStore"]

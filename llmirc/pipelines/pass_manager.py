@@ -28,14 +28,16 @@ class PassInfo:
     description: str
     fn: PassFn
     options: dict[str, Any] = field(default_factory=dict)  # name -> default
+    needs_weights: bool = False  # the pass reads/derives weight values (gets `weights=` a WeightStore)
 
 
 PASSES: dict[str, PassInfo] = {}
 
 
-def register_pass(name: str, description: str, **options: Any) -> Callable[[PassFn], PassFn]:
+def register_pass(name: str, description: str, needs_weights: bool = False,
+                  **options: Any) -> Callable[[PassFn], PassFn]:
     def deco(fn: PassFn) -> PassFn:
-        PASSES[name] = PassInfo(name, description, fn, options)
+        PASSES[name] = PassInfo(name, description, fn, options, needs_weights)
         return fn
     return deco
 
@@ -82,6 +84,7 @@ class PassManager:
     print_ir_after_all: bool = False
     print_ir_after: frozenset[str] = frozenset()
     timing: bool = False
+    weights: Any = None  # a WeightStore, for passes that fold weights; None skips them
     out: TextIO | None = None  # None: sys.stderr at the time of printing
     timings: list[tuple[str, float]] = field(default_factory=list)
 
@@ -89,9 +92,14 @@ class PassManager:
         self.out = self.out or sys.stderr
         for name, options in self.passes:
             info = PASSES[name]
+            kwargs = info.options | options
+            if info.needs_weights:
+                if self.weights is None:
+                    raise PassError(f"pass '{name}' needs the model's weights: run it from `llmirc compile`")
+                kwargs["weights"] = self.weights
             t0 = time.perf_counter()
             with module.context, ir.Location.unknown():
-                info.fn(module, **(info.options | options))
+                info.fn(module, **kwargs)
             self.timings.append((name, time.perf_counter() - t0))
             if self.verify_each:
                 verify_module(module, context=f"after pass '{name}'")

@@ -8,7 +8,7 @@ from llmirc.dialect import parse_module, print_module
 from llmirc.dialect.context import functions
 from llmirc.dialect.interpreter import empty_kv_cache, empty_page_pool, run_function
 from llmirc.dialect.types import KVCacheT, PagedKVCacheT, from_mlir
-from llmirc.pipelines import PassManager, parse_pipeline
+from llmirc.pipelines import PassManager, WeightStore, parse_pipeline
 
 
 def _state(module, batch: int, rng):
@@ -41,8 +41,9 @@ def run_model(module, weights, tokens, lens, steps: int = 3, seed: int = 0):
 
 def assert_pipeline_preserves(module, weights, pipeline: str, shapes=((2, 5), (3, 7)), atol=1e-5):
     """Run `pipeline` on a copy of `module`; outputs before == after on random inputs of several shapes."""
+    weights = weights if isinstance(weights, WeightStore) else WeightStore.from_arrays(weights)
     after = parse_module(print_module(module))
-    PassManager(parse_pipeline(pipeline)).run(after)
+    PassManager(parse_pipeline(pipeline), weights=weights).run(after)
     rng = np.random.default_rng(1)
     for b, t in shapes:
         tokens = rng.integers(3, 250, size=(b, t)).astype(np.int64)

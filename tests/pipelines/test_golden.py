@@ -29,7 +29,9 @@ def test_golden(path):
 def test_golden_check_can_fail(tmp_path):
     """A CHECK that does not hold makes the runner fail (the harness is not vacuous)."""
     bad = tmp_path / "bad.mlir"
-    bad.write_text(GOLDEN[0].read_text().replace("// CHECK-NOT:", "// CHECK:", 1))
+    source = Path(__file__).parent / "golden" / "cse.mlir"
+    assert "// CHECK-NOT:" in source.read_text()
+    bad.write_text(source.read_text().replace("// CHECK-NOT:", "// CHECK:", 1))
     env = dict(os.environ, PATH=str(Path(sys.executable).parent) + os.pathsep + os.environ["PATH"])
     r = subprocess.run(["bash", "-o", "pipefail", "-c", _run_line(bad)], capture_output=True, text=True, env=env)
     assert r.returncode != 0

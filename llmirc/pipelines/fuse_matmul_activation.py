@@ -1,0 +1,91 @@
+"""A compiler pass that makes activations the epilogue of the matmul before them.
+
+Patterns (tried in order per op, tinygrad-style (op, rewrite) pairs):
+- silu(linear(x, w))                               -> fused_linear{silu}
+- gelu(linear(x, w))                               -> fused_linear{gelu | gelu_tanh}
+- mul(silu(slice(y, 0, N)), slice(y, N, N)), y = linear(x, w) of width 2N
+                                                   -> fused_linear{swiglu}
+Why: the activation is applied while the matmul's result is in registers,
+so the [tokens, 2N] intermediate of a fused gate/up is never written out.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+from iree.compiler import ir
+
+from ..dialect import Builder
+from ..dialect.types import from_mlir
+from .pass_manager import register_pass
+from .rewrite import attrs_of, functions, llm_ops, operands_of, replace_op
+from .sibling_linears import users
+
+
+def _producer(v: ir.Value, name: str) -> ir.Operation | None:
+    owner = v.owner
+    if isinstance(owner, (ir.Operation, ir.OpView)) and owner.operation.name == "llm." + name:
+        return owner.operation
+    return None
+
+
+def _sole_use(v: ir.Value) -> bool:
+    return len(users(v)) == 1
+
+
+def _epilogue(op: ir.Operation, activation: str):
+    lin = _producer(op.operands[0], "linear")
+    if lin is None or not _sole_use(lin.results[0]):
+        return None
+    x, w, bias = operands_of(lin)
+    return Builder(ir.InsertionPoint(op)).fused_linear(x, w, bias=bias, activation=activation, loc=lin.location)
+
+
+def _silu(op: ir.Operation):
+    return _epilogue(op, "silu")
+
+
+def _gelu(op: ir.Operation):
+    return _epilogue(op, "gelu_tanh" if attrs_of(op)["approximate"] == "tanh" else "gelu")
+
+
+def _swiglu(op: ir.Operation):
+    a, b = op.operands
+    silu = _producer(a, "silu")
+    if silu is None or not _sole_use(a):
+        return None
+    gate, up = _producer(silu.operands[0], "slice"), _producer(b, "slice")
+    if gate is None or up is None or gate.operands[0] != up.operands[0]:
+        return None
+    y = gate.operands[0]
+    lin = _producer(y, "linear")
+    n = from_mlir(y.type).shape[-1]
+    ga, ua = attrs_of(gate), attrs_of(up)
+    last = from_mlir(y.type).rank - 1
+    if lin is None or n is None or len(users(y)) != 2 or not _sole_use(silu.operands[0]) \
+            or (ga["axis"] % (last + 1), ga["start"], ga["size"]) != (last, 0, n // 2) \
+            or (ua["axis"] % (last + 1), ua["start"], ua["size"]) != (last, n // 2, n // 2):
+        return None
+    x, w, bias = operands_of(lin)
+    return Builder(ir.InsertionPoint(op)).fused_linear(x, w, bias=bias, activation="swiglu", loc=lin.location)
+
+
+PATTERNS: dict[str, list[Callable[[ir.Operation], ir.Value | None]]] = {
+    "silu": [_silu],
+    "gelu": [_gelu],
+    "mul": [_swiglu],
+}
+
+
+@register_pass("fuse-matmul-activation", "Fold silu/gelu/SwiGLU into the preceding linear's epilogue.")
+def fuse_matmul_activation(module: ir.Module) -> None:
+    from .dce import dce
+
+    for func in functions(module).values():
+        for op in llm_ops(func):
+            for rewrite in PATTERNS.get(op.name.removeprefix("llm."), []):
+                new = rewrite(op)
+                if new is not None:
+                    replace_op(op, new)
+                    break
+    dce(module)
