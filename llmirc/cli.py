@@ -6,6 +6,7 @@ exit code 1, `--json` gives machine-readable output, nothing ever prompts.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import sys
 from pathlib import Path
@@ -118,19 +119,18 @@ def run(artifact: Path, prompts: tuple[str, ...], prompt_ids: tuple[str, ...], m
         raise LlmircError("--prompt-ids takes comma-separated integers, e.g. 1,2,3") from None
     model = load(_artifact_dir(artifact), num_pages=num_pages)
     batch: list = list(prompts) + id_prompts
-    stream = not as_json and len(batch) == 1
-    results = model.generate(batch, max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p,
-                             seed=seed, stream=stream)
-    if stream:
-        for piece in results:
-            click.echo(piece, nl=False)
+    kwargs = dict(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    if not as_json and len(batch) == 1 and model.tokenizer is not None:
+        for event in model.generate(batch, stream=True, **kwargs):  # stream a single prompt's text
+            click.echo(event.text, nl=False)
         click.echo()
         return
+    results = model.generate(batch, **kwargs)
     if as_json:
-        click.echo(json.dumps([r.to_dict() for r in results], indent=2))
-    else:
-        for r in results:
-            click.echo(r.text)
+        click.echo(json.dumps([dataclasses.asdict(r) for r in results], indent=2))
+        return
+    for r in results:
+        click.echo(r.text if r.text is not None else ",".join(map(str, r.token_ids)))
 
 
 @main.command()

@@ -1,0 +1,187 @@
+"""Paged llm IR -> IREE input MLIR (func + util + linalg/tensor/arith/math + iree_linalg_ext).
+
+The module-level driver: function signatures in the ABI of docs/abi.md, one `util.global`
+parameter per distinct `llm.weight` name, and a walk over each function's ops that calls
+the per-op lowerings in ops.py / kv.py.
+
+    prefill(tokens i64[?,?], seq_lens i64[?], block_tables i64[?,?],
+            pool f32[?,L,2,BS,KH,D] {iree.abi.output = 1 : index}) -> (logits f32[?,V], pool)
+    decode(tokens i64[?], positions i64[?], block_tables i64[?,?], pool {...}) -> (same)
+
+The pool result is tied to the pool argument (argument 3 is the storage of result 1), so
+IREE writes the caller's device buffer in place (the KV writes are
+`iree_linalg_ext.scatter`s into it).
+"""
+
+from __future__ import annotations
+
+import re
+
+from iree.compiler import ir
+
+from ..dialect import ops as _ops  # noqa: F401  (registers the op specs)
+from ..dialect.attrs import op_attrs, op_operands
+from ..dialect.context import functions, location_name
+from ..dialect.spec import SpecError, lookup
+from ..dialect.types import KVCacheT, PagedKVCacheT, TensorT, from_mlir
+from . import fused as _fused  # noqa: F401  (registers the lowerings of fusion ops)
+from . import kv as _kv  # noqa: F401  (registers the paged-KV lowerings)
+from .emitter import TV, Emitter, string_literal, symbol_ref, tensor_type
+from .kv import STRATEGIES
+from .ops import LOWERINGS, LOp, LoweringError
+
+PARAMETER_SCOPE = "model"
+
+_HINTS = {
+    "attention": "run the blockify-kv-cache pass first (the IREE lowering takes the paged KV cache)",
+    "append_kv": "run the blockify-kv-cache pass first (the IREE lowering takes the paged KV cache)",
+    "quantize": "quantize weights ahead of time (the quantization pass stores the quantized tensors)",
+}
+
+
+def lower_to_iree(module: ir.Module, *, attention: str = "decomposed") -> str:
+    """IREE input MLIR text for a paged llm module (see the module docstring for the ABI).
+
+    attention: "decomposed" (batch_matmul + softmax + batch_matmul; the CPU/Vulkan choice)
+    or "fused" (iree_linalg_ext.attention). Raises LoweringError naming the op and its
+    location for anything that cannot be lowered.
+    """
+    if attention not in STRATEGIES:
+        raise LoweringError(f"unknown attention strategy {attention!r} (choose from {', '.join(STRATEGIES)})")
+    return _ModuleLowering(module, {"attention": attention}).run()
+
+
+class _ModuleLowering:
+    def __init__(self, module: ir.Module, options: dict) -> None:
+        self.module = module
+        self.options = options
+        self.fns = functions(module)
+        self.globals: dict[str, tuple[str, str]] = {}  # weight name -> (symbol, tensor type)
+        self.counter = [0]
+        self._loads: dict[str, TV] = {}  # per function: weight name -> loaded value
+
+    def run(self) -> str:
+        if not self.fns:
+            raise LoweringError("the module has no functions to lower")
+        bodies = [self._function(name, op) for name, op in self.fns.items()]
+        lines = ["module {"]
+        for name, (sym, t) in self.globals.items():
+            lines.append(f"  util.global private {sym} = #stream.parameter.named<"
+                         f"{string_literal(PARAMETER_SCOPE)}::{string_literal(name)}> : {t}")
+        for body in bodies:
+            lines.extend("  " + line for line in body)
+        lines.append("}")
+        return "\n".join(lines) + "\n"
+
+    # ---- weights ------------------------------------------------------------------------
+
+    def load_weight(self, e: Emitter, name: str, t: TensorT) -> TV:
+        ttext = tensor_type(t.shape, t.dtype)
+        if name not in self.globals:
+            self.globals[name] = (self._symbol(name), ttext)
+        sym, known = self.globals[name]
+        if known != ttext:
+            raise LoweringError(f"weight '{name}' is used as {known} and as {ttext}")
+        if name not in self._loads:
+            self._loads[name] = TV(e.v(f"util.global.load {sym} : {ttext}", "w"), tuple(t.shape), t.dtype)
+        return self._loads[name]
+
+    def _symbol(self, name: str) -> str:
+        """@<checkpoint name> when that is a bare MLIR identifier, else a sanitized unique one.
+
+        Derived weights (e.g. "concat(a,b,c)" from fold-weights) keep their exact name as the
+        parameter key; only the global's symbol is sanitized.
+        """
+        base = re.sub(r"[^A-Za-z0-9_$.]", "_", name)
+        if not re.match(r"[A-Za-z_]", base):
+            base = "_" + base
+        taken = {sym for sym, _ in self.globals.values()} | {symbol_ref(f) for f in self.fns}
+        sym, n = symbol_ref(base), 1
+        while sym in taken:
+            sym, n = symbol_ref(f"{base}.{n}"), n + 1
+        return sym
+
+    # ---- functions ----------------------------------------------------------------------
+
+    def _function(self, fname: str, func: ir.Operation) -> list[str]:
+        self._loads = {}
+        e = Emitter(self.counter)
+        block = func.regions[0].blocks[0]
+        env: dict[ir.Value, TV] = {}
+        origin: dict[str, int] = {}  # pool value name -> index of the pool argument it updates
+        arg_decls = []
+        for i, arg in enumerate(block.arguments):
+            t = from_mlir(arg.type)
+            name = f"%arg{i}"
+            if isinstance(t, PagedKVCacheT):
+                shape = (None,) + t.pool_shape(1)[1:]
+                origin[name] = i
+            elif isinstance(t, TensorT):
+                shape = t.shape
+            else:
+                hint = _HINTS["attention"] if isinstance(t, KVCacheT) else "expected a tensor or a page pool"
+                raise LoweringError(f"function @{fname}: argument {i} has type {t}; {hint}")
+            ttext = tensor_type(["?" if d is None else d for d in shape], _dtype(t))
+            arg_decls.append(f"{name}: {ttext}")
+            env[arg] = TV(name, e.dims_of(name, ttext, shape), _dtype(t))
+
+        results: list[TV] = []
+        result_types = []
+        for op in block.operations:
+            op = op.operation
+            if op.name == "func.return":
+                results = [env[v] for v in op.operands]
+                result_types = [from_mlir(v.type) for v in op.operands]
+                break
+            outs = self._op(e, op, env)
+            for r, tv in zip(op.results, outs):
+                env[r] = tv
+                if isinstance(from_mlir(r.type), PagedKVCacheT):
+                    src = next((origin[env[v].name] for v in op.operands
+                                if isinstance(from_mlir(v.type), PagedKVCacheT) and env[v].name in origin), None)
+                    if src is not None:
+                        origin[tv.name] = src
+
+        # The pool argument is the storage of the pool result: `{iree.abi.output = R : index}`
+        # on argument A tells IREE to export result R into A's buffer (IREE's convention puts
+        # the attribute on the argument; on a result it is ignored).
+        for ri, (r, t) in enumerate(zip(results, result_types)):
+            if isinstance(t, PagedKVCacheT):
+                if r.name not in origin:
+                    raise LoweringError(f"function @{fname}: returns a page pool that is not its pool argument")
+                arg_decls[origin[r.name]] += f" {{iree.abi.output = {ri} : index}}"
+        res_decls = [r.type for r in results]
+        head = f"func.func @{fname}({', '.join(arg_decls)}) -> ({', '.join(res_decls)}) {{"
+        ret = f"    return {', '.join(r.name for r in results)} : {', '.join(r.type for r in results)}"
+        return [head] + e.lines + [ret, "}"]
+
+    def _op(self, e: Emitter, op: ir.Operation, env: dict) -> list[TV]:
+        where = location_name(op.location)
+        if not op.name.startswith("llm."):
+            raise LoweringError(f"'{op.name}' at {where}: only llm ops can be lowered to IREE input")
+        short = op.name.removeprefix("llm.")
+        fn = LOWERINGS.get(short)
+        if fn is None:
+            hint = _HINTS.get(short, "no IREE lowering is implemented for it")
+            raise LoweringError(f"cannot lower '{op.name}' at {where}: {hint}")
+        try:
+            spec = lookup(op.name)
+            attrs = op_attrs(spec, op)
+            operands = [None if v is None else [env[x] for x in v] if isinstance(v, list) else env[v]
+                        for v in op_operands(spec, op)]
+            result_types = [from_mlir(r.type) for r in op.results]
+            lop = LOp(short, where, attrs, operands, result_types, self, self.options)
+            outs = fn(e, lop)
+        except (LoweringError, SpecError, KeyError, ValueError) as err:
+            msg = str(err)
+            if isinstance(err, LoweringError) and msg.startswith("cannot lower"):
+                raise
+            raise LoweringError(f"cannot lower '{op.name}' at {where}: {msg}") from None
+        if len(outs) != len(op.results):
+            raise LoweringError(f"cannot lower '{op.name}' at {where}: lowering gave {len(outs)} results, "
+                                f"the op has {len(op.results)}")
+        return outs
+
+
+def _dtype(t) -> str:
+    return t.dtype

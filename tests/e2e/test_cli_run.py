@@ -1,0 +1,98 @@
+"""`llmirc run` / `inspect` on a compiled artifact, and every broken-artifact error path."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from llmirc.cli import main
+
+
+def _run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def test_run_prompt_ids_json(cpu_artifact):
+    res = _run("run", cpu_artifact / "model.vmfb", "--prompt-ids", "1,5,9", "--prompt-ids", "1,7",
+               "--max-tokens", "5", "--json")
+    assert res.exit_code == 0, res.stderr
+    out = json.loads(res.stdout)
+    assert [len(r["token_ids"]) for r in out] == [5, 5]
+
+
+def test_run_text_prompt_streams(cpu_artifact):
+    res = _run("run", cpu_artifact, "--prompt", "the compiler", "--max-tokens", "4")
+    assert res.exit_code == 0, res.stderr
+    assert res.stdout.strip()
+
+
+def test_inspect_words_and_json(cpu_artifact):
+    res = _run("inspect", cpu_artifact)
+    assert res.exit_code == 0 and "cpu" in res.stdout and "page" in res.stdout.lower()
+    data = json.loads(_run("inspect", cpu_artifact, "--json").stdout)
+    assert data["abi_version"] == 1 and data["kv"]["page_size"] == 8
+    assert set(data["files"]) >= {"model.vmfb", "model.irpa", "tokenizer.json"}
+
+
+def _one_error(res, *needles):
+    assert res.exit_code == 1, res.output
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+
+
+def test_prompt_longer_than_model_maximum(cpu_artifact):
+    ids = ",".join(["5"] * 200)  # the tiny model's max_seq_len is 128
+    _one_error(_run("run", cpu_artifact, "--prompt-ids", ids), "128")
+
+
+def test_page_pool_exhausted(cpu_artifact):
+    _one_error(_run("run", cpu_artifact, "--prompt-ids", ",".join(["5"] * 40), "--num-pages", "3",
+                    "--max-tokens", "8"), "--num-pages")
+
+
+@pytest.fixture
+def broken(cpu_artifact, tmp_path):
+    return shutil.copytree(cpu_artifact, tmp_path / "art")
+
+
+def _set_manifest(d, **changes):
+    m = json.loads((d / "manifest.json").read_text())
+    m.update(changes)
+    (d / "manifest.json").write_text(json.dumps(m))
+
+
+@pytest.mark.parametrize("case,needle", [
+    ("edited-vmfb", "model.vmfb"),
+    ("unknown-abi", "abi_version"),
+    ("missing-irpa", "model.irpa"),
+    ("checksum", "sha256"),
+    ("truncated-vmfb-unchecked", "model.vmfb"),
+    ("no-manifest", "manifest.json"),
+])
+def test_broken_artifact_one_clear_error(broken, case, needle):
+    if case == "edited-vmfb":
+        data = bytearray((broken / "model.vmfb").read_bytes())
+        data[len(data) // 2] ^= 0xFF
+        (broken / "model.vmfb").write_bytes(bytes(data))
+    elif case == "unknown-abi":
+        _set_manifest(broken, abi_version=99)
+    elif case == "missing-irpa":
+        (broken / "model.irpa").unlink()
+    elif case == "checksum":
+        (broken / "tokenizer.json").write_text((broken / "tokenizer.json").read_text() + " ")
+    elif case == "truncated-vmfb-unchecked":
+        import hashlib
+
+        data = (broken / "model.vmfb").read_bytes()[:1000]
+        (broken / "model.vmfb").write_bytes(data)
+        m = json.loads((broken / "manifest.json").read_text())
+        m["files"]["model.vmfb"] = hashlib.sha256(data).hexdigest()
+        (broken / "manifest.json").write_text(json.dumps(m))
+    elif case == "no-manifest":
+        (broken / "manifest.json").unlink()
+    _one_error(_run("run", broken, "--prompt-ids", "1,2,3", "--max-tokens", "2"), needle)
