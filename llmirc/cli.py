@@ -49,7 +49,7 @@ def main() -> None:
               help="Artifact directory (--emit vmfb) or output file (other --emit kinds).")
 @click.option("--target", default="cpu", show_default=True,
               help="Target family[:variant], e.g. cpu, cpu:znver3 (see `llmirc targets`).")
-@click.option("-O", "opt_level", type=click.IntRange(0, 3), default=2, show_default=True,
+@click.option("-O", "opt_level", type=click.IntRange(0, 3), default=3, show_default=True,
               help="Optimization level: -O0 only what the paged-KV ABI needs ... -O3 target-tuned.")
 @click.option("--emit", type=click.Choice(["llm", "llm-opt", "iree-input", "vmfb"]), default="vmfb",
               show_default=True, help="Stop after this stage and write its output.")

@@ -33,7 +33,7 @@ class CompileOptions:
     checkpoint: Path
     output: Path
     target: str = "cpu"
-    opt_level: int = 2
+    opt_level: int = 3
     emit: str = "vmfb"
     max_seq_len: int | None = None
     page_size: int | None = None

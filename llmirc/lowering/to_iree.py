@@ -2,7 +2,7 @@
 
 The module-level driver: function signatures in the ABI of docs/abi.md, one `util.global`
 parameter per distinct `llm.weight` name, and a walk over each function's ops that calls
-the per-op lowerings in ops.py / kv.py.
+the per-op lowerings in ops.py, kv.py (paged KV cache) and fused.py (ops of the fusion passes).
 
     prefill(tokens i64[?,?], seq_lens i64[?], block_tables i64[?,?],
             pool f32[?,L,2,BS,KH,D] {iree.abi.output = 1 : index}) -> (logits f32[?,V], pool)
@@ -42,9 +42,10 @@ _HINTS = {
 def lower_to_iree(module: ir.Module, *, attention: str = "decomposed") -> str:
     """IREE input MLIR text for a paged llm module (see the module docstring for the ABI).
 
-    attention: "decomposed" (batch_matmul + softmax + batch_matmul; the CPU/Vulkan choice)
-    or "fused" (iree_linalg_ext.attention). Raises LoweringError naming the op and its
-    location for anything that cannot be lowered.
+    attention: "decomposed" (Q.K^T contraction + linalg.softmax + P.V contraction; the
+    CPU/Vulkan choice) or "fused" (iree_linalg_ext.attention; faster on CUDA, does not
+    compile for Vulkan). See docs/attention-strategy.md. Raises LoweringError naming the
+    op and its location for anything that cannot be lowered.
     """
     if attention not in STRATEGIES:
         raise LoweringError(f"unknown attention strategy {attention!r} (choose from {', '.join(STRATEGIES)})")

@@ -147,3 +147,21 @@ def test_compiler_error_is_one_clear_line():
     with pytest.raises(CompileError, match=r"^iree-compile failed: 2:10: error: use of undeclared SSA value") as info:
         compile_iree(bad, CPU_FLAGS)
     assert "\n" not in str(info.value)
+
+
+def test_derived_weights_keep_their_parameter_name(tiny_checkpoint, tmp_path):
+    """-O2 folds q/k/v into a derived tensor "concat(...)": the parameter key is that exact
+    name (what the .irpa holds); only the global's symbol is sanitized."""
+    from llmirc.pipelines import WeightStore
+
+    m = import_checkpoint(tiny_checkpoint)
+    PassManager(pipeline_for_level(2, block_size=16), weights=WeightStore.from_arrays(m.weights())).run(m.module)
+    text = lower_to_iree(m.module)
+    p = "model.layers.0.self_attn."
+    key = f"concat({p}q_proj.weight,{p}k_proj.weight,{p}v_proj.weight)"
+    _filecheck(text, f"""
+// CHECK: util.global private @[[QKV:concat_[A-Za-z0-9_.]+]] = #stream.parameter.named<"model"::"{key}"> : tensor<128x64xf32>
+// CHECK-LABEL: func.func @prefill(
+// CHECK: util.global.load @[[QKV]] : tensor<128x64xf32>
+""", tmp_path)
+    _verify(text)
