@@ -135,6 +135,34 @@ def run(artifact: Path, prompts: tuple[str, ...], prompt_ids: tuple[str, ...], m
 
 @main.command()
 @click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--prompt-len", type=click.IntRange(1), default=128, show_default=True)
+@click.option("--decode-steps", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--batch", "batches", default="1", show_default=True,
+              help="Decode batch sizes to sweep, comma-separated, e.g. 1,2,4,8.")
+@click.option("--reps", type=click.IntRange(1), default=5, show_default=True, help="Timed prefill repetitions.")
+@click.option("--warmup", type=click.IntRange(0), default=1, show_default=True)
+@click.option("--num-pages", type=click.IntRange(2), help="KV pages in the device pool.")
+@click.option("--device", help="Runtime driver override, e.g. local-sync.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def bench(artifact: Path, prompt_len: int, decode_steps: int, batches: str, reps: int, warmup: int,
+          num_pages: int | None, device: str | None, as_json: bool) -> None:
+    """Measure an artifact: time to first token, prefill and decode tokens/s, memory."""
+    from .runtime.bench import bench_artifact, format_report
+
+    try:
+        sizes = tuple(int(b) for b in batches.split(","))
+    except ValueError:
+        raise LlmircError("--batch takes comma-separated integers, e.g. 1,2,4") from None
+    try:
+        report = bench_artifact(_artifact_dir(artifact), prompt_len, decode_steps, sizes, reps, warmup,
+                                num_pages, device)
+    except ValueError as e:
+        raise LlmircError(str(e)) from None
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else format_report(report))
+
+
+@main.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 def inspect(artifact: Path, as_json: bool) -> None:
     """Describe an artifact: model, target, KV ABI, entry points, files."""

@@ -96,3 +96,18 @@ def test_broken_artifact_one_clear_error(broken, case, needle):
     elif case == "no-manifest":
         (broken / "manifest.json").unlink()
     _one_error(_run("run", broken, "--prompt-ids", "1,2,3", "--max-tokens", "2"), needle)
+
+
+def test_bench_json_report(cpu_artifact):
+    res = _run("bench", cpu_artifact, "--prompt-len", "16", "--decode-steps", "4", "--batch", "1,2", "--reps", "2",
+               "--json")
+    assert res.exit_code == 0, res.stderr
+    r = json.loads(res.stdout)
+    assert [d["batch"] for d in r["decode"]] == [1, 2]
+    assert all(d["tokens_per_s"] > 0 and d["step_ms"]["min"] <= d["step_ms"]["median"] <= d["step_ms"]["max"]
+               for d in r["decode"])
+    assert r["ttft_ms"]["median"] > 0 and r["peak_rss_mib"] > 0 and 0 < r["pool_pages_used"] <= r["pool_pages"]
+
+
+def test_bench_rejects_too_long(cpu_artifact):
+    _one_error(_run("bench", cpu_artifact, "--prompt-len", "120", "--decode-steps", "32"), "exceed")
