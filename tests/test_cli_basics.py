@@ -58,3 +58,26 @@ def test_passes_listing_json():
     data = json.loads(res.output)
     assert "blockify-kv-cache" in [p["name"] for p in data["passes"]]
     assert data["levels"]["O0"][0] == "blockify-kv-cache"
+
+
+def test_dialect_irdl_file_verifies_model_with_iree_opt(tiny_checkpoint, tmp_path):
+    from llmirc.dialect.irdl import check_with_irdl
+
+    r = CliRunner()
+    irdl = tmp_path / "llm.irdl.mlir"
+    assert r.invoke(main, ["dialect", "--irdl", "-o", str(irdl)]).exit_code == 0
+    model = tmp_path / "model.mlir"
+    assert r.invoke(main, ["compile", str(tiny_checkpoint), "--emit", "llm", "-o", str(model)]).exit_code == 0
+    ok, diag = check_with_irdl(model.read_text(), irdl.read_text())
+    assert ok, diag
+    broken = model.read_text().replace('{eps = 9.99999974E-6 : f32}', '', 1)
+    ok, diag = check_with_irdl(broken, irdl.read_text())
+    assert not ok and 'attribute "eps" is expected' in diag
+
+
+def test_help_texts_explain_commands():
+    r = CliRunner()
+    top = r.invoke(main, ["--help"]).output
+    for cmd in ("compile", "run", "inspect", "bench", "opt", "passes", "targets", "dialect", "testing"):
+        assert cmd in top
+    assert "--emit" in r.invoke(main, ["compile", "--help"]).output
