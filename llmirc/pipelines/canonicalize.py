@@ -6,17 +6,12 @@ applies them until nothing changes. Adding a simplification is adding a pair.
 
 from __future__ import annotations
 
-from typing import Callable
-
 from iree.compiler import ir
 
 from ..dialect import Builder
 from ..dialect.types import from_mlir
 from .pass_manager import register_pass
-from .rewrite import attrs_of, functions, llm_ops, replace_op
-
-Rewrite = Callable[[ir.Operation], "list[ir.Value] | None"]
-
+from .rewrite import Rewrite, apply_patterns, attrs_of, producer
 
 def _identity_reshape(op: ir.Operation):
     """reshape to the type it already has -> its input."""
@@ -27,10 +22,9 @@ def _identity_reshape(op: ir.Operation):
 
 def _reshape_of_reshape(op: ir.Operation):
     """reshape(reshape(x)) -> reshape(x) when the outer shape keeps no dim of the inner by copy."""
-    inner = op.operands[0].owner
-    if not isinstance(inner, (ir.Operation, ir.OpView)) or inner.operation.name != "llm.reshape":
+    inner = producer(op.operands[0], "reshape")
+    if inner is None:
         return None
-    inner = inner.operation
     outer_shape, inner_shape = attrs_of(op)["shape"], attrs_of(inner)["shape"]
     # A 0 in the outer shape copies the inner result's dim; rewrite it to what the inner op copied.
     merged = []
@@ -53,17 +47,4 @@ PATTERNS: dict[str, list[Rewrite]] = {
 
 @register_pass("canonicalize", "Local simplifications (identity and chained reshapes), to a fixed point.")
 def canonicalize(module: ir.Module) -> None:
-    changed = True
-    while changed:
-        changed = False
-        for func in functions(module).values():
-            for op in llm_ops(func):
-                for rewrite in PATTERNS.get(op.name.removeprefix("llm."), []):
-                    new = rewrite(op)
-                    if new is not None:
-                        replace_op(op, new)
-                        changed = True
-                        break
-    from .dce import dce
-
-    dce(module)
+    apply_patterns(module, PATTERNS, to_fixed_point=True)

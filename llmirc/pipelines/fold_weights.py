@@ -14,16 +14,14 @@ from ..dialect import Builder
 from ..dialect.interpreter import IMPLS
 from ..dialect.types import from_mlir
 from .pass_manager import register_pass
-from .rewrite import attrs_of, functions, llm_ops, operands_of, replace_op
+from .rewrite import attrs_of, functions, llm_ops, operands_of, producer, replace_op
 
 FOLDABLE = ("concat",)
 
 
 def _weight_name(v: ir.Value) -> str | None:
-    owner = v.owner
-    if isinstance(owner, (ir.Operation, ir.OpView)) and owner.operation.name == "llm.weight":
-        return attrs_of(owner.operation)["name"]
-    return None
+    w = producer(v, "weight")
+    return None if w is None else attrs_of(w)["name"]
 
 
 @register_pass("fold-weights", "Evaluate weight-only ops (concatenated weights) at compile time.",

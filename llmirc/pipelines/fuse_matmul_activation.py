@@ -11,22 +11,13 @@ so the [tokens, 2N] intermediate of a fused gate/up is never written out.
 
 from __future__ import annotations
 
-from typing import Callable
-
 from iree.compiler import ir
 
 from ..dialect import Builder
 from ..dialect.types import from_mlir
 from .pass_manager import register_pass
-from .rewrite import attrs_of, functions, llm_ops, operands_of, replace_op
+from .rewrite import Rewrite, apply_patterns, attrs_of, operands_of, producer
 from .sibling_linears import users
-
-
-def _producer(v: ir.Value, name: str) -> ir.Operation | None:
-    owner = v.owner
-    if isinstance(owner, (ir.Operation, ir.OpView)) and owner.operation.name == "llm." + name:
-        return owner.operation
-    return None
 
 
 def _sole_use(v: ir.Value) -> bool:
@@ -34,7 +25,7 @@ def _sole_use(v: ir.Value) -> bool:
 
 
 def _epilogue(op: ir.Operation, activation: str):
-    lin = _producer(op.operands[0], "linear")
+    lin = producer(op.operands[0], "linear")
     if lin is None or not _sole_use(lin.results[0]):
         return None
     x, w, bias = operands_of(lin)
@@ -51,14 +42,14 @@ def _gelu(op: ir.Operation):
 
 def _swiglu(op: ir.Operation):
     a, b = op.operands
-    silu = _producer(a, "silu")
+    silu = producer(a, "silu")
     if silu is None or not _sole_use(a):
         return None
-    gate, up = _producer(silu.operands[0], "slice"), _producer(b, "slice")
+    gate, up = producer(silu.operands[0], "slice"), producer(b, "slice")
     if gate is None or up is None or gate.operands[0] != up.operands[0]:
         return None
     y = gate.operands[0]
-    lin = _producer(y, "linear")
+    lin = producer(y, "linear")
     n = from_mlir(y.type).shape[-1]
     ga, ua = attrs_of(gate), attrs_of(up)
     last = from_mlir(y.type).rank - 1
@@ -70,7 +61,7 @@ def _swiglu(op: ir.Operation):
     return Builder(ir.InsertionPoint(op)).fused_linear(x, w, bias=bias, activation="swiglu", loc=lin.location)
 
 
-PATTERNS: dict[str, list[Callable[[ir.Operation], ir.Value | None]]] = {
+PATTERNS: dict[str, list[Rewrite]] = {
     "silu": [_silu],
     "gelu": [_gelu],
     "mul": [_swiglu],
@@ -79,13 +70,4 @@ PATTERNS: dict[str, list[Callable[[ir.Operation], ir.Value | None]]] = {
 
 @register_pass("fuse-matmul-activation", "Fold silu/gelu/SwiGLU into the preceding linear's epilogue.")
 def fuse_matmul_activation(module: ir.Module) -> None:
-    from .dce import dce
-
-    for func in functions(module).values():
-        for op in llm_ops(func):
-            for rewrite in PATTERNS.get(op.name.removeprefix("llm."), []):
-                new = rewrite(op)
-                if new is not None:
-                    replace_op(op, new)
-                    break
-    dce(module)
+    apply_patterns(module, PATTERNS)

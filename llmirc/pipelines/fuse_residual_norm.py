@@ -12,9 +12,8 @@ from __future__ import annotations
 from iree.compiler import ir
 
 from ..dialect import Builder
-from .fuse_matmul_activation import _producer
 from .pass_manager import register_pass
-from .rewrite import attrs_of, functions, llm_ops, operands_of, replace_op
+from .rewrite import attrs_of, functions, llm_ops, operands_of, producer, replace_op
 
 
 @register_pass("fuse-residual-norm", "Residual add + rms_norm as one op producing both the sum and the norm.")
@@ -22,7 +21,7 @@ def fuse_residual_norm(module: ir.Module) -> None:
     for func in functions(module).values():
         for norm in llm_ops(func, "rms_norm"):
             x, w = operands_of(norm)
-            add = _producer(x, "add")
+            add = producer(x, "add")
             if add is None or add.operands[0].type != add.operands[1].type:
                 continue
             b = Builder(ir.InsertionPoint(norm))

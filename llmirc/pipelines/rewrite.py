@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterator
+from typing import Callable, Iterator
 
 from iree.compiler import ir
 
@@ -34,6 +34,40 @@ def replace_op(old: ir.Operation, new_results: list[ir.Value] | tuple[ir.Value, 
     old.erase()
 
 
+def producer(v: ir.Value, name: str) -> ir.Operation | None:
+    """The op defining `v` if it is `llm.<name>`, else None (block arguments included)."""
+    owner = v.owner
+    if isinstance(owner, (ir.Operation, ir.OpView)) and owner.operation.name == "llm." + name:
+        return owner.operation
+    return None
+
+
+Rewrite = Callable[[ir.Operation], "ir.Value | list[ir.Value] | None"]
+
+
+def apply_patterns(module: ir.Module, patterns: dict[str, list[Rewrite]], to_fixed_point: bool = False) -> None:
+    """tinygrad-style rewriting: for each llm op, try the rewrites listed for its name.
+
+    A rewrite returns replacement values (the op is then replaced and erased) or None.
+    With `to_fixed_point`, sweeps repeat until one changes nothing; dead ops are erased at the end.
+    """
+    from .dce import dce
+
+    changed = True
+    while changed:
+        changed = False
+        for func in functions(module).values():
+            for op in llm_ops(func):
+                for rewrite in patterns.get(op.name.removeprefix("llm."), []):
+                    new = rewrite(op)
+                    if new is not None:
+                        replace_op(op, new)
+                        changed = True
+                        break
+        changed = changed and to_fixed_point
+    dce(module)
+
+
 def sync_function_type(func: ir.Operation) -> None:
     """Recompute a func's type from its block arguments and its return operands."""
     block = func.regions[0].blocks[0]
@@ -42,4 +76,5 @@ def sync_function_type(func: ir.Operation) -> None:
     func.attributes["function_type"] = ir.TypeAttr.get(ftype)
 
 
-__all__ = ["functions", "llm_ops", "attrs_of", "operands_of", "replace_op", "sync_function_type"]
+__all__ = ["functions", "llm_ops", "attrs_of", "operands_of", "replace_op", "producer", "apply_patterns",
+           "sync_function_type"]

@@ -11,7 +11,7 @@ from iree.compiler import ir
 
 from ..dialect import Builder
 from ..dialect.types import from_mlir
-from .rewrite import llm_ops, operands_of, replace_op
+from .rewrite import llm_ops, operands_of, producer, replace_op
 
 
 def sibling_groups(func: ir.Operation) -> list[list[ir.Operation]]:
@@ -19,14 +19,9 @@ def sibling_groups(func: ir.Operation) -> list[list[ir.Operation]]:
     groups: dict[ir.Value, list[ir.Operation]] = {}
     for op in llm_ops(func, "linear"):
         x, w, bias = operands_of(op)
-        if bias is None and _is_weight(w):
+        if bias is None and producer(w, "weight") is not None:
             groups.setdefault(x, []).append(op)
     return [g for g in groups.values() if len(g) > 1]
-
-
-def _is_weight(v: ir.Value) -> bool:
-    owner = v.owner
-    return isinstance(owner, (ir.Operation, ir.OpView)) and owner.operation.name == "llm.weight"
 
 
 def users(v: ir.Value) -> list[ir.Operation]:

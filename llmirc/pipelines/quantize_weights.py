@@ -1,0 +1,157 @@
+"""A compiler pass that stores linear weights as group-quantized integers (int8 or int4).
+
+Match: `llm.linear` / `llm.fused_linear` whose weight is an `llm.weight` (run after
+fold-weights, so the fused q/k/v and gate/up weights are quantized whole) unless the weight's
+name or the op's location contains one of the `keep` substrings (default: embeddings and
+lm_head stay in float). Rewrite: `llm.quantized_matmul` on derived weights
+`<name>.<scheme>.qweight` (i8, or i4 for int4), `.scales` (f32 [out, in / group]) and, when
+asymmetric, `.qzeros` (i8); a bias becomes an `llm.add` and a fused activation its own ops
+after the matmul (the lowering's elementwise epilogues, which IREE fuses back into the matmul's
+dispatch). Why: decode reads every weight once per token; int8 reads 1/4 and int4 1/8 of f32's
+bytes. The integers come from the interpreter's `llm.quantize` (one definition of the math).
+
+Group size: `group_size` when it divides the in-features, else the largest divisor of the
+in-features below it, if at least MIN_GROUP; otherwise (and for int4 with odd in-features) the
+layer keeps its float weight. docs/quantization.md documents the policy.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+from iree.compiler import ir
+
+from ..dialect import Builder
+from ..dialect.context import location_name
+from ..dialect.interpreter import IMPLS
+from ..dialect.types import TensorT, from_mlir
+from .pass_manager import PassError, PassSpec, register_pass
+from .rewrite import attrs_of, functions, llm_ops, operands_of, replace_op
+
+SCHEMES = {"int8": 8, "int4": 4}
+DEFAULT_KEEP = "embed|lm_head"  # "|"-separated: a pipeline text splits options at ","
+MIN_GROUP = 8
+
+
+@dataclass(frozen=True)
+class QuantConfig:
+    """What `llmirc compile --quantize` asks for; `pass_spec()` is its pipeline entry."""
+
+    bits: int = 8
+    group_size: int = 128
+    symmetric: bool = True
+    keep: str = DEFAULT_KEEP
+
+    @classmethod
+    def parse(cls, scheme: str, group_size: int = 128, symmetric: bool = True,
+              keep: str = DEFAULT_KEEP) -> "QuantConfig":
+        if scheme not in SCHEMES:
+            raise PassError(f"--quantize must be one of {', '.join(SCHEMES)}, got '{scheme}'")
+        config = cls(SCHEMES[scheme], group_size, symmetric, "|".join(keep_patterns(keep)))
+        config.check()
+        return config
+
+    def check(self) -> None:
+        if self.bits not in SCHEMES.values():
+            raise PassError(f"quantize-weights: bits must be 8 or 4, got {self.bits}")
+        if self.group_size < 1:
+            raise PassError(f"quantize-weights: group size must be a positive integer, got {self.group_size}")
+
+    @property
+    def scheme(self) -> str:
+        return f"int{self.bits}"
+
+    def pass_spec(self) -> PassSpec:
+        return ("quantize-weights", {"bits": self.bits, "group_size": self.group_size,
+                                     "symmetric": self.symmetric, "keep": self.keep})
+
+
+def keep_patterns(keep: str) -> list[str]:
+    """'embed|lm_head' (or 'embed,lm_head') -> ['embed', 'lm_head']."""
+    return [k.strip() for k in re.split(r"[|,]", keep) if k.strip()]
+
+
+def choose_group_size(in_features: int, group_size: int, bits: int) -> int | None:
+    """The group size a layer gets (see the module docstring), or None: keep it in float."""
+    if bits == 4 and in_features % 2:
+        return None  # int4 rows are packed two values per byte
+    for g in range(min(group_size, in_features), MIN_GROUP - 1, -1):
+        if in_features % g == 0:
+            return g
+    return None
+
+
+def tensor_names(name: str, bits: int, group_size: int, symmetric: bool) -> tuple[str, str, str]:
+    """Derived weight names; the scheme is part of them, so one store can hold several."""
+    base = f"{name}.int{bits}_g{group_size}_{'sym' if symmetric else 'asym'}"
+    return base + ".qweight", base + ".scales", base + ".qzeros"
+
+
+def _weight_name(v: ir.Value) -> str | None:
+    owner = v.owner
+    if isinstance(owner, (ir.Operation, ir.OpView)) and owner.operation.name == "llm.weight":
+        return attrs_of(owner.operation)["name"]
+    return None
+
+
+def _derive(weights, name: str, attrs: dict, names: tuple[str, str, str]) -> None:
+    """Register the three outputs of `llm.quantize` on weight `name`, computed once."""
+    parts: dict[int, object] = {}
+
+    def part(i: int):
+        if i not in parts:
+            parts.update(enumerate(IMPLS["quantize"](attrs, weights[name])))
+        return parts.pop(i)  # the store caches what it asked for; keep nothing twice
+
+    for i, n in enumerate(names):
+        weights.derive(n, lambda i=i: part(i))
+
+
+def _activation(b: Builder, y: ir.Value, activation: str, loc) -> ir.Value:
+    """The epilogue of a fused_linear as separate ops (the interpreter's own formula)."""
+    if activation == "swiglu":
+        n = from_mlir(y.type).shape[-1] // 2
+        gate = b.slice(y, axis=-1, start=0, size=n, loc=loc)
+        up = b.slice(y, axis=-1, start=n, size=n, loc=loc)
+        return b.mul(b.silu(gate, loc=loc), up, loc=loc)
+    if activation == "silu":
+        return b.silu(y, loc=loc)
+    return b.gelu(y, approximate="tanh" if activation == "gelu_tanh" else "none", loc=loc)
+
+
+@register_pass("quantize-weights", "Store linear weights as group-quantized int8/int4 (llm.quantized_matmul).",
+               needs_weights=True, bits=8, group_size=128, symmetric=True, keep=DEFAULT_KEEP)
+def quantize_weights(module: ir.Module, weights, bits: int, group_size: int, symmetric: bool, keep: str) -> None:
+    from .dce import dce
+
+    QuantConfig(bits, group_size, symmetric, keep).check()
+    kept = keep_patterns(keep)
+    for func in functions(module).values():
+        for op in llm_ops(func):
+            kind = op.name.removeprefix("llm.")
+            if kind not in ("linear", "fused_linear"):
+                continue
+            x, w, bias = (operands_of(op) + [None])[:3]
+            name = _weight_name(w)
+            if name is None or any(k in name or k in location_name(op.location) for k in kept):
+                continue
+            n, k = from_mlir(w.type).shape
+            g = choose_group_size(k, group_size, bits)
+            if g is None:
+                continue
+            names = tensor_names(name, bits, g, symmetric)
+            if names[0] not in weights:
+                _derive(weights, name, {"bits": bits, "group_size": g, "symmetric": symmetric}, names)
+            b = Builder(ir.InsertionPoint(op))
+            q = b.weight(name=names[0], result_types=[TensorT((n, k), f"i{bits}")], loc=op.location)
+            s = b.weight(name=names[1], result_types=[TensorT((n, k // g), "f32")], loc=op.location)
+            z = None if symmetric else b.weight(name=names[2], result_types=[TensorT((n, k // g), "i8")],
+                                                loc=op.location)
+            y = b.quantized_matmul(x, q, s, z, bits=bits, group_size=g, loc=op.location)
+            if bias is not None:
+                y = b.add(y, bias, loc=op.location)
+            if kind == "fused_linear":
+                y = _activation(b, y, attrs_of(op)["activation"], op.location)
+            replace_op(op, y)
+    dce(module)
