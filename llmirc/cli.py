@@ -48,14 +48,26 @@ def main() -> None:
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
               help="Artifact directory (--emit vmfb) or output file (other --emit kinds).")
 @click.option("--target", default="cpu", show_default=True,
-              help="Target family[:variant], e.g. cpu, cpu:znver3 (see `llmirc targets`).")
+              help="Target family[:variant], e.g. cpu, cpu:znver3, cuda:sm_80, rocm:gfx942, vulkan, tpu-like "
+                   "(see `llmirc targets`).")
 @click.option("-O", "opt_level", type=click.IntRange(0, 3), default=3, show_default=True,
               help="Optimization level: -O0 only what the paged-KV ABI needs ... -O3 target-tuned.")
 @click.option("--emit", type=click.Choice(["llm", "llm-opt", "iree-input", "vmfb"]), default="vmfb",
               show_default=True, help="Stop after this stage and write its output.")
 @click.option("--max-seq-len", type=click.IntRange(1), help="Cap the model's maximum sequence length.")
 @click.option("--page-size", type=click.IntRange(1), help="KV cache page size in tokens (default: target's).")
+@click.option("--buckets", metavar="SPEC", help="Static-shape targets (tpu-like): compiled shapes, e.g. "
+              "'batch=1,4;len=32,128;pages=65' (default: batch 1,4; lengths 32,128,... up to max_seq_len).")
 @click.option("--passes", help="Custom pipeline replacing -O's, e.g. 'blockify-kv-cache{block_size=32}'.")
+@click.option("--quantize", metavar="int8|int4", help="Store linear weights group-quantized (docs/quantization.md).")
+@click.option("--group-size", type=int, default=128, show_default=True,
+              help="In-features per quantization scale (a layer it does not divide takes the largest divisor below).")
+@click.option("--symmetric/--asymmetric", default=True, show_default=True,
+              help="Zero points: none (symmetric) or one per group (asymmetric; int4 values then 0..15).")
+@click.option("--keep-float", default="embed,lm_head", show_default=True,
+              help="Linears whose weight name or location contains one of these (comma-separated) stay float.")
+@click.option("--dtype", type=click.Choice(["f32", "f16", "bf16"]), default="f32", show_default=True,
+              help="Storage type of float weight matrices; activations and accumulation stay f32.")
 @click.option("--print-ir-after-all", is_flag=True, help="Print llm IR after every pass (stderr).")
 @click.option("--print-ir-after", multiple=True, metavar="PASS", help="Print llm IR after PASS (repeatable).")
 @click.option("--timing", is_flag=True, help="Report per-pass wall time (stderr).")
@@ -63,7 +75,9 @@ def main() -> None:
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 def compile(checkpoint: Path | None, output: Path, target: str, opt_level: int, emit: str,
-            max_seq_len: int | None, page_size: int | None, passes: str | None, print_ir_after_all: bool,
+            max_seq_len: int | None, page_size: int | None, passes: str | None, quantize: str | None,
+            group_size: int, symmetric: bool, keep_float: str, dtype: str, buckets: str | None,
+            print_ir_after_all: bool,
             print_ir_after: tuple[str, ...], timing: bool, no_verify_each: bool, as_json: bool,
             quiet: bool) -> None:
     """Compile a Hugging Face checkpoint directory (default: the embedded model).
@@ -74,7 +88,9 @@ def compile(checkpoint: Path | None, output: Path, target: str, opt_level: int, 
     from .compiler import CompileOptions, compile_checkpoint
 
     opts = CompileOptions(checkpoint or DEFAULT_MODEL, output, target, opt_level, emit, max_seq_len, page_size,
-                          passes, print_ir_after_all, print_ir_after, timing, not no_verify_each)
+                          passes, print_ir_after_all, print_ir_after, timing, not no_verify_each,
+                          quantize=quantize, group_size=group_size, symmetric=symmetric, keep_float=keep_float,
+                          dtype=dtype, buckets=buckets)
     result = compile_checkpoint(opts, progress=None if quiet else _progress)
     if as_json:
         click.echo(json.dumps({"output": str(result.output), "target": result.target.full_name, "emit": emit,
@@ -105,9 +121,11 @@ def _artifact_dir(path: Path) -> Path:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--num-pages", type=click.IntRange(2), help="KV pages in the device pool (default: enough "
               "for the batch at max length).")
+@click.option("--device", help="Runtime driver or device URI (default: the manifest's driver), e.g. cuda://1.")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
 def run(artifact: Path, prompts: tuple[str, ...], prompt_ids: tuple[str, ...], max_tokens: int,
-        temperature: float, top_k: int, top_p: float, seed: int, num_pages: int | None, as_json: bool) -> None:
+        temperature: float, top_k: int, top_p: float, seed: int, num_pages: int | None, device: str | None,
+        as_json: bool) -> None:
     """Generate text with a compiled artifact (directory or its model.vmfb)."""
     from .api import load
 
@@ -117,7 +135,7 @@ def run(artifact: Path, prompts: tuple[str, ...], prompt_ids: tuple[str, ...], m
         id_prompts = [[int(t) for t in p.split(",") if t.strip()] for p in prompt_ids]
     except ValueError:
         raise LlmircError("--prompt-ids takes comma-separated integers, e.g. 1,2,3") from None
-    model = load(_artifact_dir(artifact), num_pages=num_pages)
+    model = load(_artifact_dir(artifact), num_pages=num_pages, device=device)
     batch: list = list(prompts) + id_prompts
     kwargs = dict(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
     if not as_json and len(batch) == 1 and model.tokenizer is not None:
@@ -188,15 +206,16 @@ def opt(source: Path, passes: str, output: Path | None, print_ir_after_all: bool
     from iree.compiler import ir
 
     from .dialect import parse_module, print_module, verify_module
-    from .pipelines import PassManager, parse_pipeline
+    from .pipelines import PassManager, WeightStore, parse_pipeline
 
     try:
         module = parse_module(source.read_text())
     except ir.MLIRError as e:
         raise LlmircError(f"{source}: cannot parse: {str(e).splitlines()[0]}") from None
     verify_module(module, context=f"input {source}")
+    # No weight values here: passes that derive weights register recipes that nothing evaluates.
     PassManager(parse_pipeline(passes), verify_each=not no_verify_each, print_ir_after_all=print_ir_after_all,
-                timing=timing).run(module)
+                timing=timing, weights=WeightStore.from_arrays({})).run(module)
     text = print_module(module)
     if output:
         from .compiler import write_atomic
@@ -251,21 +270,35 @@ def passes(as_json: bool) -> None:
 @main.command()
 @click.option("--json", "as_json", is_flag=True)
 def targets(as_json: bool) -> None:
-    """List target families, their variants and defaults."""
+    """List target families and their variants (`--target family:variant`); docs/targets.md."""
     from .targets import TARGETS, resolve
 
     rows = []
     for family, (default, variants, _) in TARGETS.items():
         p = resolve(family)
         rows.append({"name": family, "default": default, "variants": list(variants), "device": p.device,
-                     "driver": p.driver, "dtypes": list(p.dtypes), "attention": p.attention,
-                     "page_size": p.page_size, "static_shapes": p.static_shapes})
+                     "driver": p.driver, "dtypes": list(p.dtypes), "quantize": list(p.quantize),
+                     "attention": p.attention, "page_size": p.page_size, "static_shapes": p.static_shapes,
+                     "profiles": [_profile_row(resolve(f"{family}:{v}")) for v in variants]})
     if as_json:
         click.echo(json.dumps(rows, indent=2))
         return
     for r in rows:
-        click.echo(f"{r['name']:9} device={r['device']:6} driver={r['driver']:10} attention={r['attention']:10} "
-                   f"variants: {', '.join(r['variants'])} (default {r['default']})")
+        extra = ", static shapes (buckets)" if r["static_shapes"] else ""
+        click.echo(f"{r['name']}: IREE device '{r['device']}', runtime driver '{r['driver']}', attention "
+                   f"{r['attention']}, page size {r['page_size']}, dtypes {'/'.join(r['dtypes'])}"
+                   f"{', --quantize ' + '/'.join(r['quantize']) if r['quantize'] else ''}{extra}")
+        for prof in r["profiles"]:
+            mark = " (default)" if prof["variant"] == r["default"] else ""
+            if (prof["dtypes"], prof["quantize"]) != (r["dtypes"], r["quantize"]):
+                mark += f" [dtypes {'/'.join(prof['dtypes'])}; --quantize {'/'.join(prof['quantize']) or 'none'}]"
+            click.echo(f"  {r['name'] + ':' + prof['variant']:22} {prof['notes']}{mark}")
+
+
+def _profile_row(p) -> dict:
+    return {"variant": p.variant, "flags": list(p.flags), "o3_flags": list(p.o3_flags), "notes": p.notes,
+            "dtypes": list(p.dtypes), "quantize": list(p.quantize), "index_dtype": p.index_dtype,
+            "systolic_tile": p.systolic_tile}
 
 
 # ---- testing helpers -----------------------------------------------------------------
@@ -290,9 +323,13 @@ def testing() -> None:
 @click.option("--dtype", type=click.Choice(["float32", "float16", "bfloat16"]), default="float32",
               show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--prequantized", type=click.Choice(["gptq", "awq"]),
+              help="Store the decoder linears packed as GPTQ or AWQ does (known integers; docs/quantization.md).")
+@click.option("--bits", type=click.Choice(["4", "8"]), default="4", show_default=True, help="With --prequantized.")
+@click.option("--group-size", type=click.IntRange(1), default=32, show_default=True, help="With --prequantized.")
 def make_checkpoint_cmd(directory: Path, arch: str, layers: int, hidden: int, heads: int, kv_heads: int,
                         intermediate: int, vocab: int, max_seq_len: int, tie_embeddings: bool, shards: int,
-                        dtype: str, seed: int) -> None:
+                        dtype: str, seed: int, prequantized: str | None, bits: str, group_size: int) -> None:
     """Write a random-weight Llama checkpoint (HF layout + tokenizer.json) to DIRECTORY."""
     from .testing.checkpoints import CheckpointSpec, make_checkpoint
 
@@ -302,6 +339,13 @@ def make_checkpoint_cmd(directory: Path, arch: str, layers: int, hidden: int, he
     spec = CheckpointSpec(layers=layers, hidden=hidden, heads=heads, kv_heads=kv_heads, intermediate=intermediate,
                           vocab=vocab, max_seq_len=max_seq_len, tie_embeddings=tie_embeddings, seed=seed,
                           shards=shards, dtype=dtype)
+    if prequantized:
+        from .testing.prequantized import make_prequantized_checkpoint
+
+        if prequantized == "awq" and bits != "4":
+            raise LlmircError("--prequantized awq stores 4-bit values; drop --bits 8")
+        click.echo(str(make_prequantized_checkpoint(directory, spec, prequantized, int(bits), group_size)[0]))
+        return
     click.echo(str(make_checkpoint(directory, spec)))
 
 

@@ -25,4 +25,8 @@ def describe(m: Manifest) -> str:
     ]
     if t.flags:
         lines.insert(2, "flags      " + " ".join(t.flags))
+    b = t.extra.get("buckets")
+    if b:  # static-shape target (docs/targets.md)
+        lines.insert(3, f"buckets    static shapes: batch {b.get('batch')}, prefill lengths {b.get('prefill_len')}, "
+                        f"{b.get('pages_per_seq')} pages per sequence, pool of {b.get('num_pages')} pages")
     return "\n".join(lines)

@@ -29,6 +29,46 @@ from llmirc.errors import ArtifactError
 SCOPE = "model"
 
 
+def pack_int4(values: np.ndarray) -> np.ndarray:
+    """int4 values (held in any integer array, -8..15) -> uint8 bytes, two per byte.
+
+    IREE's layout of a `tensor<...xi4>` in memory (checked on llvm-cpu, IREE 3.13): elements in
+    row-major order, element 2j in the low nibble of byte j and element 2j+1 in the high one.
+    """
+    flat = np.ascontiguousarray(values).reshape(-1)
+    if flat.size % 2:
+        raise ValueError(f"int4 tensor of {flat.size} elements: packing needs an even count")
+    nib = flat.astype(np.uint8) & np.uint8(0xF)
+    return nib[0::2] | (nib[1::2] << np.uint8(4))
+
+
+def unpack_int4(packed: np.ndarray, shape: tuple[int, ...], signed: bool) -> np.ndarray:
+    """Inverse of pack_int4: int8 values, -8..7 when `signed`, else 0..15."""
+    p = np.ascontiguousarray(packed).reshape(-1).view(np.uint8)
+    out = np.empty(p.size * 2, np.int8)
+    out[0::2], out[1::2] = p & 0xF, p >> 4
+    if signed:
+        out = np.where(out >= 8, out - 16, out).astype(np.int8)
+    return out.reshape(shape)
+
+
+def encode_param(array: np.ndarray, dtype: str, transposed: bool = False) -> np.ndarray:
+    """A weight as the archive stores it for an IR element type: i4 packed two per byte,
+    bf16 as its 16-bit patterns (rounded to nearest even), others as that numpy dtype;
+    `transposed` (a 2-D weight of a quantized matmul, see lowering/quantized.py) stores it [in, out]."""
+    if transposed:
+        array = np.ascontiguousarray(np.asarray(array).T)
+    if dtype == "i4":
+        return pack_int4(array)
+    if dtype == "bf16":
+        from llmirc.dialect.interpreter import round_float
+
+        return (round_float(np.asarray(array, np.float32), "bf16").view(np.uint32) >> 16).astype(np.uint16)
+    numpy_types = {"f32": np.float32, "f16": np.float16, "f64": np.float64, "i8": np.int8, "i32": np.int32,
+                   "i64": np.int64}
+    return np.asarray(array, numpy_types[dtype]) if dtype in numpy_types else array
+
+
 def write_params(path: str | Path, params: Mapping[str, np.ndarray]) -> None:
     """Write `params` (checkpoint tensor name -> array) as an IREE parameter archive.
 

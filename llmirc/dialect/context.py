@@ -56,3 +56,19 @@ def weight_names(module: ir.Module) -> list[str]:
 
     module.operation.walk(visit)
     return list(names)
+
+
+def weight_types(module: ir.Module) -> dict:
+    """Name -> TensorT of every `llm.weight` of the module (the type the IR reads it as)."""
+    from .types import from_mlir
+
+    types: dict = {}
+
+    def visit(op: ir.Operation) -> ir.WalkResult:
+        op = op.operation if hasattr(op, "operation") else op
+        if op.name == "llm.weight":
+            types.setdefault(ir.StringAttr(op.attributes["name"]).value, from_mlir(op.results[0].type))
+        return ir.WalkResult.ADVANCE
+
+    module.operation.walk(visit)
+    return types

@@ -274,6 +274,23 @@ def _fused_linear(a, x, w, b=None):
     return _gelu({"approximate": "tanh" if act == "gelu_tanh" else "none"}, y)
 
 
+def round_float(x: Array, dtype: str) -> Array:
+    """`x` rounded to float type `dtype` (nearest even): f16 as float16, bf16 held in f32."""
+    if dtype == "f16":
+        return x.astype(np.float16)
+    x = x.astype(np.float32)
+    if dtype != "bf16":
+        return x
+    bits = x.view(np.uint32)
+    rounded = (bits + np.uint32(0x7FFF) + ((bits >> 16) & 1)) & np.uint32(0xFFFF0000)
+    return np.where(np.isnan(x), x, rounded.view(np.float32))
+
+
+@impl("convert")
+def _convert(a, x):
+    return round_float(x, a["dtype"])
+
+
 @impl("add_rms_norm")
 def _add_rms_norm(a, x, r, w):
     s = x + r

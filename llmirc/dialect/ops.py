@@ -474,3 +474,15 @@ register(OpSpec(
     "and the next norm in one pass over the activations.",
     operands=(Operand("input", "float"), Operand("residual", "float"), Operand("weight", "float", 1)),
     attrs=(Attr("eps", "f32", 1e-6),), results=("sum", "normed"), infer=_add_rms_norm))
+
+
+def _convert(ts: Types, attrs: Attrs):
+    x = _float(ts[0], "input")
+    return (TensorT(x.shape, attrs["dtype"]),)
+
+
+register(OpSpec(
+    "convert", "Elementwise conversion to the float type `dtype` (round to nearest even); "
+    "convert-weights puts it after an embedding whose table it stores in f16/bf16.",
+    operands=(Operand("input", "float"),), attrs=(Attr("dtype", "str", choices=("f32", "f16", "bf16")),),
+    infer=_convert))

@@ -8,9 +8,12 @@ from pathlib import Path
 import numpy as np
 from iree.compiler import ir
 
+from ..dialect.context import weight_names
+from . import prequantized
 from .checkpoint import Checkpoint
 from .config import LlamaConfig, load_config
 from .llama import build_llama, cache_type, weight_shapes
+from .prequantized import PrequantizedLayout
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
                    "generation_config.json")
@@ -21,10 +24,24 @@ class ImportedModel:
     config: LlamaConfig
     checkpoint: Checkpoint
     module: ir.Module
+    prequantized: PrequantizedLayout | None = None  # GPTQ/AWQ linears, unpacked by weight_store()
 
     def weights(self) -> dict[str, np.ndarray]:
-        """Every referenced tensor as f32 (loaded now; shapes were checked at import)."""
-        return {n: self.checkpoint.load(n) for n in weight_shapes(self.config)}
+        """Every referenced tensor (float ones as f32; loaded now; shapes were checked at import)."""
+        if self.prequantized is None:
+            return {n: self.checkpoint.load(n) for n in weight_shapes(self.config)}
+        store = self.weight_store()
+        return {n: store[n] for n in weight_names(self.module)}
+
+    def weight_store(self):
+        """A WeightStore over the checkpoint (tensors load when first asked for)."""
+        from ..pipelines.weights import WeightStore
+
+        quantized = self.prequantized.linears if self.prequantized else {}
+        store = WeightStore(self.checkpoint.load, [n for n in weight_shapes(self.config) if n not in quantized])
+        if self.prequantized:
+            self.prequantized.register(store, self.checkpoint)
+        return store
 
     def tokenizer_files(self) -> list[Path]:
         return [p for p in (self.checkpoint.directory / n for n in TOKENIZER_FILES) if p.is_file()]
@@ -39,9 +56,13 @@ def import_checkpoint(directory: str | Path, max_seq_len: int | None = None,
     directory = Path(directory)
     config = load_config(directory, max_seq_len)
     ckpt = Checkpoint(directory)
-    for name, shape in weight_shapes(config).items():
-        ckpt.info(name, shape)
-    return ImportedModel(config, ckpt, build_llama(config, ctx))
+    shapes = weight_shapes(config)
+    layout = prequantized.detect(config, ckpt, shapes)  # GPTQ/AWQ tensors, checked there
+    quantized = layout.linears if layout else {}
+    for name, shape in shapes.items():
+        if name not in quantized:
+            ckpt.info(name, shape)
+    return ImportedModel(config, ckpt, build_llama(config, ctx, quantized), layout)
 
 
 __all__ = ["Checkpoint", "ImportedModel", "LlamaConfig", "build_llama", "cache_type", "import_checkpoint",

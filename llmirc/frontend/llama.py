@@ -52,17 +52,25 @@ def cache_type(c: LlamaConfig) -> KVCacheT:
 
 
 class _LlamaBuilder:
-    def __init__(self, c: LlamaConfig, b: Builder):
+    def __init__(self, c: LlamaConfig, b: Builder, quantized: dict | None = None):
         self.c, self.b = c, b
         self.shapes = weight_shapes(c)
         self.inv_freq = [float(x) for x in c.inv_freq()]
+        self.quantized = quantized or {}  # weight name -> prequantized.QuantizedLinear (GPTQ/AWQ)
 
     def w(self, name: str) -> ir.Value:
         return self.b.weight(name=name, result_types=[TensorT(self.shapes[name], F32)], loc=name)
 
     def linear(self, x: ir.Value, prefix: str, bias: bool) -> ir.Value:
-        return self.b.linear(x, self.w(prefix + ".weight"),
-                             bias=self.w(prefix + ".bias") if bias else None, loc=prefix)
+        bias_w = self.w(prefix + ".bias") if bias else None
+        q = self.quantized.get(prefix + ".weight")
+        if q is None:
+            return self.b.linear(x, self.w(prefix + ".weight"), bias=bias_w, loc=prefix)
+        n, k, g = q.out_features, q.in_features, q.groups
+        types = [TensorT((n, k), q.value_dtype), TensorT((n, g), F32), TensorT((n, g), "i8")]
+        values, scales, zeros = (self.b.weight(name=nm, result_types=[t], loc=nm) for nm, t in zip(q.names, types))
+        y = self.b.quantized_matmul(x, values, scales, zeros, bits=q.bits, group_size=q.group_size, loc=prefix)
+        return y if bias_w is None else self.b.add(y, bias_w, loc=prefix)
 
     def attn(self, x: ir.Value, pos: ir.Value, cache: ir.Value, i: int) -> tuple[ir.Value, ir.Value]:
         c, b, p = self.c, self.b, f"model.layers.{i}.self_attn"
@@ -110,11 +118,12 @@ def _entry(name: str, args: list, results: list, body) -> None:
         func.ReturnOp(list(body(*block.arguments)))
 
 
-def build_llama(c: LlamaConfig, ctx: ir.Context | None = None) -> ir.Module:
+def build_llama(c: LlamaConfig, ctx: ir.Context | None = None, quantized: dict | None = None) -> ir.Module:
     """llm IR module with `prefill` and `decode` (contiguous KV cache semantics).
 
     prefill(tokens i64[B,T], seq_lens i64[B], cache) -> (logits f32[B,V], cache)
     decode(tokens i64[B], positions i64[B], cache) -> (logits f32[B,V], cache)
+    `quantized` (a pre-quantized checkpoint's linears) makes those linears quantized_matmuls.
     """
     ctx = ctx or make_context()
     cache_t = cache_type(c)
@@ -122,7 +131,7 @@ def build_llama(c: LlamaConfig, ctx: ir.Context | None = None) -> ir.Module:
     with ctx, ir.Location.unknown():
         module = ir.Module.create()
         module.operation.attributes["llm.model"] = ir.StringAttr.get(c.architecture)
-        lb = _LlamaBuilder(c, Builder())
+        lb = _LlamaBuilder(c, Builder(), quantized)
         b = lb.b
 
         def prefill(tokens, seq_lens, cache):

@@ -96,6 +96,7 @@ class Emitter:
         self._counter = counter if counter is not None else [0]
         self._consts: dict[tuple[str, str], str] = {}
         self.indent = "  "
+        self.tile: int | None = None  # systolic tile: linears' matmuls padded to it (systolic.py)
 
     # ---- names and raw ops ------------------------------------------------------------
 
@@ -219,12 +220,13 @@ class Emitter:
 
     def generic(self, loops: int, ins: Sequence[tuple[TV | tuple[str, str], Sequence[str]]],
                 outs: Sequence[tuple[TV, Sequence[str]]], body: Callable[[list[str]], Sequence[str]],
-                reductions: Sequence[int] = ()) -> list[TV]:
+                reductions: Sequence[int] = (), attrs: str = "") -> list[TV]:
         """linalg.generic over `loops` loops.
 
         ins/outs: (value, index exprs over d0..); an input may be a scalar `(ssa, type)` with
         exprs (). `body(block_args)` emits the region's ops (through this emitter) and
-        returns the values to yield, one per output.
+        returns the values to yield, one per output. `attrs`: more `name = value` entries of
+        the op's attribute dictionary (e.g. an IREE compilation_info).
         """
         maps = [affine_map(loops, exprs) for _, exprs in list(ins) + list(outs)]
         iters = ", ".join('"reduction"' if i in reductions else '"parallel"' for i in range(loops))
@@ -236,7 +238,8 @@ class Emitter:
         res_types = ", ".join(t for _, t, _ in out_vals)
         result = self.fresh("g")
         lhs = result if len(outs) == 1 else f"{result}:{len(outs)}"
-        self.emit(f"{lhs} = linalg.generic {{indexing_maps = [{', '.join(maps)}], iterator_types = [{iters}]}}"
+        extra = f", {attrs}" if attrs else ""
+        self.emit(f"{lhs} = linalg.generic {{indexing_maps = [{', '.join(maps)}], iterator_types = [{iters}]{extra}}}"
                   f"{ins_txt}{outs_txt} {{")
         args = [self.fresh("a") for _ in in_vals + out_vals]
         sig = ", ".join(f"{a}: {dt}" for a, (_, _, dt) in zip(args, in_vals + out_vals))

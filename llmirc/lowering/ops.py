@@ -195,6 +195,10 @@ def _from_2d(e: Emitter, y: TV, lead: tuple[Dim, ...]) -> TV:
 
 def matmul_transpose_b(e: Emitter, x2: TV, w: TV) -> TV:
     """[M, K] x [N, K] -> [M, N] f32, contraction over K (weights stay [out, in])."""
+    if e.tile:  # systolic-array targets: operands padded to the tile (systolic.py)
+        from .systolic import padded_matmul_transpose_b
+
+        return padded_matmul_transpose_b(e, x2, w)
     m, n = x2.dims[0], w.dims[0]
     acc = e.filled((m, n), x2.dtype, 0.0)
     maps = ", ".join(affine_map(3, ex) for ex in (["d0", "d2"], ["d1", "d2"], ["d0", "d1"]))
@@ -472,7 +476,10 @@ def argmax(e: Emitter, op: LOp) -> list[TV]:
 # ---- quantization ------------------------------------------------------------------------
 
 def _dequant_value(e: Emitter, q: str, qt: str, s: str, z: str | None, zt: str | None, ft: str) -> str:
-    w = e.v(f"arith.sitofp {q} : {qt} to {ft}")
+    # An i4 weight with zero points is unsigned (0..15), as the interpreter's asymmetric int4;
+    # i8 values (int8, or int4 held in i8) are signed.
+    to_float = "arith.uitofp" if qt == "i4" and z is not None else "arith.sitofp"
+    w = e.v(f"{to_float} {q} : {qt} to {ft}")
     if z is not None:
         w = e.v(f"arith.subf {w}, {e.v(f'arith.sitofp {z} : {zt} to {ft}')} : {ft}")
     return e.v(f"arith.mulf {w}, {s} : {ft}")
@@ -500,26 +507,27 @@ def dequantize(e: Emitter, op: LOp) -> list[TV]:
     return [e.collapse(w3, [[0], [1, 2]])]
 
 
-@lowering("quantized_matmul")
-def quantized_matmul(e: Emitter, op: LOp) -> list[TV]:
-    """x @ dequantize(q)^T with the dequantization inside the contraction's body."""
-    x, q, s, z = (op.operands + [None, None])[:4]
-    g, ft = op.attrs["group_size"], x.dtype
-    x2 = _as_2d(e, x)
-    x3, q3 = _group_split(e, x2, g), _group_split(e, q, g)
-    acc = e.filled((x2.dims[0], q.dims[0]), ft, 0.0)
-    # loops: m, n, group, i
-    ins = [(x3, ["d0", "d2", "d3"]), (q3, ["d1", "d2", "d3"]), (s, ["d1", "d2"])]
-    if z is not None:
-        ins.append((z, ["d1", "d2"]))
+# quantized_matmul: see quantized.py (two stages, weights stored [in, out]).
 
-    def body(a):
-        w = _dequant_value(e, a[1], q.dtype, a[2], a[3] if z is not None else None,
-                           z.dtype if z is not None else None, ft)
-        return [e.v(f"arith.addf {e.v(f'arith.mulf {a[0]}, {w} : {ft}')}, {a[-1]} : {ft}")]
 
-    y = e.generic(4, ins, [(acc, ["d0", "d1"])], body, reductions=(2, 3))[0]
-    return [_from_2d(e, y, op.result_dims(0, x.dims[:-1] + (q.dims[0],))[:-1])]
+FLOAT_BITS = {"f16": 16, "bf16": 16, "f32": 32, "f64": 64}
+
+
+@lowering("convert")
+def convert(e: Emitter, op: LOp) -> list[TV]:
+    (x,) = op.operands
+    to = op.attrs["dtype"]
+    if to == x.dtype:
+        return [x]
+
+    def cast(v: str) -> str:
+        src = x.dtype
+        if FLOAT_BITS[src] == FLOAT_BITS[to]:  # f16 <-> bf16: through f32 (exact widening)
+            v, src = e.v(f"arith.extf {v} : {src} to f32"), "f32"
+        kind = "arith.extf" if FLOAT_BITS[to] > FLOAT_BITS[src] else "arith.truncf"
+        return e.v(f"{kind} {v} : {src} to {to}")
+
+    return [_map_like(e, x, cast, dtype=to)]
 
 
 # ---- collectives on one device -----------------------------------------------------------

@@ -26,6 +26,7 @@ from ..dialect.spec import SpecError, lookup
 from ..dialect.types import KVCacheT, PagedKVCacheT, TensorT, from_mlir
 from . import fused as _fused  # noqa: F401  (registers the lowerings of fusion ops)
 from . import kv as _kv  # noqa: F401  (registers the paged-KV lowerings)
+from .quantized import stored_transposed
 from .emitter import TV, Emitter, string_literal, symbol_ref, tensor_type
 from .kv import STRATEGIES
 from .ops import LOWERINGS, LOp, LoweringError
@@ -39,17 +40,39 @@ _HINTS = {
 }
 
 
-def lower_to_iree(module: ir.Module, *, attention: str = "decomposed") -> str:
+def lower_to_iree(module: ir.Module, *, attention: str = "decomposed", buckets: dict | None = None,
+                  tile: int | None = None, backend: str | None = None) -> str:
     """IREE input MLIR text for a paged llm module (see the module docstring for the ABI).
 
     attention: "decomposed" (Q.K^T contraction + linalg.softmax + P.V contraction; the
     CPU/Vulkan choice) or "fused" (iree_linalg_ext.attention; faster on CUDA, does not
-    compile for Vulkan). See docs/attention-strategy.md. Raises LoweringError naming the
-    op and its location for anything that cannot be lowered.
+    compile for Vulkan). See docs/attention-strategy.md.
+    buckets: static-shape targets (manifest target.buckets: batch, prefill_len,
+    pages_per_seq, num_pages): instead of dynamic `prefill`/`decode`, one fully static
+    `prefill_b{B}_t{T}` per (batch, length) and `decode_b{B}` per batch (llmirc/targets/tpu_like.py).
+    backend: the IREE codegen backend ("llvm-cpu" selects the CPU tiles of lowering/quantized.py).
+    tile: pad the K and N dims of every linear's matmul to a multiple of `tile` and M to 8
+    (systolic-array targets; llmirc/lowering/systolic.py).
+    Raises LoweringError naming the op and its location for anything that cannot be lowered.
     """
     if attention not in STRATEGIES:
         raise LoweringError(f"unknown attention strategy {attention!r} (choose from {', '.join(STRATEGIES)})")
-    return _ModuleLowering(module, {"attention": attention}).run()
+    return _ModuleLowering(module, {"attention": attention, "buckets": buckets, "tile": tile,
+                                    "backend": backend}).run()
+
+
+def static_entry_points(buckets: dict) -> dict[str, list[tuple[str, dict[str, int]]]]:
+    """function -> [(exported name, {"B": .., "T": .., "P": .., "N": ..})] for static buckets."""
+    p, n = buckets["pages_per_seq"], buckets["num_pages"]
+    return {
+        "prefill": [(f"prefill_b{b}_t{t}", {"B": b, "T": t, "P": p, "N": n})
+                    for b in buckets["batch"] for t in buckets["prefill_len"]],
+        "decode": [(f"decode_b{b}", {"B": b, "P": p, "N": n}) for b in buckets["batch"]],
+    }
+
+
+# Static shapes of the ABI arguments (docs/abi.md), by function and argument index.
+_STATIC_ARGS = {"prefill": (("B", "T"), ("B",), ("B", "P")), "decode": (("B",), ("B",), ("B", "P"))}
 
 
 class _ModuleLowering:
@@ -60,11 +83,22 @@ class _ModuleLowering:
         self.globals: dict[str, tuple[str, str]] = {}  # weight name -> (symbol, tensor type)
         self.counter = [0]
         self._loads: dict[str, TV] = {}  # per function: weight name -> loaded value
+        self.stored_transposed = stored_transposed(module)  # weights the archive holds [in, out]
+        self.transposed: set[str] = set()  # SSA names of loads of those (quantized.py reads them as such)
 
     def run(self) -> str:
         if not self.fns:
             raise LoweringError("the module has no functions to lower")
-        bodies = [self._function(name, op) for name, op in self.fns.items()]
+        buckets = self.options.get("buckets")
+        if buckets:
+            specs = static_entry_points(buckets)
+            unknown = [name for name in self.fns if name not in specs]
+            if unknown:
+                raise LoweringError(f"static-shape lowering knows prefill and decode, not @{unknown[0]}")
+            bodies = [self._function(name, op, export, dims)
+                      for name, op in self.fns.items() for export, dims in specs[name]]
+        else:
+            bodies = [self._function(name, op) for name, op in self.fns.items()]
         lines = ["module {"]
         for name, (sym, t) in self.globals.items():
             lines.append(f"  util.global private {sym} = #stream.parameter.named<"
@@ -77,6 +111,8 @@ class _ModuleLowering:
     # ---- weights ------------------------------------------------------------------------
 
     def load_weight(self, e: Emitter, name: str, t: TensorT) -> TV:
+        if name in self.stored_transposed:
+            t = TensorT(tuple(reversed(t.shape)), t.dtype)
         ttext = tensor_type(t.shape, t.dtype)
         if name not in self.globals:
             self.globals[name] = (self._symbol(name), ttext)
@@ -85,6 +121,8 @@ class _ModuleLowering:
             raise LoweringError(f"weight '{name}' is used as {known} and as {ttext}")
         if name not in self._loads:
             self._loads[name] = TV(e.v(f"util.global.load {sym} : {ttext}", "w"), tuple(t.shape), t.dtype)
+            if name in self.stored_transposed:
+                self.transposed.add(self._loads[name].name)
         return self._loads[name]
 
     def _symbol(self, name: str) -> str:
@@ -104,9 +142,12 @@ class _ModuleLowering:
 
     # ---- functions ----------------------------------------------------------------------
 
-    def _function(self, fname: str, func: ir.Operation) -> list[str]:
+    def _function(self, fname: str, func: ir.Operation, export: str | None = None,
+                  static: dict[str, int] | None = None) -> list[str]:
+        """One func.func; `static` (bucket dims B, T, P, N) makes every argument shape static."""
         self._loads = {}
         e = Emitter(self.counter)
+        e.tile = self.options.get("tile")
         block = func.regions[0].blocks[0]
         env: dict[ir.Value, TV] = {}
         origin: dict[str, int] = {}  # pool value name -> index of the pool argument it updates
@@ -115,10 +156,12 @@ class _ModuleLowering:
             t = from_mlir(arg.type)
             name = f"%arg{i}"
             if isinstance(t, PagedKVCacheT):
-                shape = (None,) + t.pool_shape(1)[1:]
+                shape = ((static["N"],) if static else (None,)) + t.pool_shape(1)[1:]
                 origin[name] = i
             elif isinstance(t, TensorT):
                 shape = t.shape
+                if static:
+                    shape = _static_shape(fname, i, shape, static)
             else:
                 hint = _HINTS["attention"] if isinstance(t, KVCacheT) else "expected a tensor or a page pool"
                 raise LoweringError(f"function @{fname}: argument {i} has type {t}; {hint}")
@@ -152,7 +195,7 @@ class _ModuleLowering:
                     raise LoweringError(f"function @{fname}: returns a page pool that is not its pool argument")
                 arg_decls[origin[r.name]] += f" {{iree.abi.output = {ri} : index}}"
         res_decls = [r.type for r in results]
-        head = f"func.func @{fname}({', '.join(arg_decls)}) -> ({', '.join(res_decls)}) {{"
+        head = f"func.func @{export or fname}({', '.join(arg_decls)}) -> ({', '.join(res_decls)}) {{"
         ret = f"    return {', '.join(r.name for r in results)} : {', '.join(r.type for r in results)}"
         return [head] + e.lines + [ret, "}"]
 
@@ -186,3 +229,14 @@ class _ModuleLowering:
 
 def _dtype(t) -> str:
     return t.dtype
+
+
+def _static_shape(fname: str, i: int, shape: tuple, dims: dict[str, int]) -> tuple[int, ...]:
+    names = _STATIC_ARGS.get(fname, ())
+    if i >= len(names) or len(names[i]) != len(shape):
+        raise LoweringError(f"function @{fname}: argument {i} has no static shape in the paged-KV ABI")
+    out = tuple(dims[n] for n in names[i])
+    for have, want in zip(shape, out):
+        if have is not None and have != want:
+            raise LoweringError(f"function @{fname}: argument {i} has static size {have}, bucket needs {want}")
+    return out

@@ -8,11 +8,23 @@ the target profile and are applied by the lowering, not here.
 from __future__ import annotations
 
 from .pass_manager import PassSpec
+from .quantize_weights import QuantConfig
 
 LEVELS = (0, 1, 2, 3)
 
 
-def pipeline_for_level(level: int, block_size: int = 16) -> list[PassSpec]:
+def precision_passes(quantize: QuantConfig | None = None, dtype: str = "f32") -> list[PassSpec]:
+    """Phase 4 of every level: int8/int4 linears (--quantize), f16/bf16 matrices (--dtype)."""
+    passes: list[PassSpec] = []
+    if quantize is not None:
+        passes.append(quantize.pass_spec())
+    if dtype != "f32":
+        passes.append(("convert-weights", {"dtype": dtype}))
+    return passes + [("dce", {})] if passes else []
+
+
+def pipeline_for_level(level: int, block_size: int = 16, quantize: QuantConfig | None = None,
+                       dtype: str = "f32") -> list[PassSpec]:
     if level not in LEVELS:
         raise ValueError(f"optimization level must be 0..3, got {level}")
     # Phase 1. What the runtime ABI requires: one page pool, block tables (PagedAttention).
@@ -24,5 +36,8 @@ def pipeline_for_level(level: int, block_size: int = 16) -> list[PassSpec]:
         # Phase 3. LLM fusions: fewer, bigger matmuls; epilogues; fused residual + norm.
         passes += [("fuse-qkv", {}), ("fuse-gate-up", {}), ("fold-weights", {}),
                    ("fuse-matmul-activation", {}), ("fuse-residual-norm", {}), ("cse", {}), ("dce", {})]
-    # Phase 4 (-O3) is target-tuned iree-compile flags, chosen in llmirc/targets/.
+    # Phase 4. Weight precision, when asked for: after fold-weights, so fused q/k/v and gate/up
+    # weights are quantized whole; embeddings and lm_head stay float unless `keep` says otherwise.
+    passes += precision_passes(quantize, dtype)
+    # Phase 5 (-O3) is target-tuned iree-compile flags, chosen in llmirc/targets/.
     return passes

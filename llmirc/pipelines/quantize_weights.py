@@ -11,8 +11,8 @@ dispatch). Why: decode reads every weight once per token; int8 reads 1/4 and int
 bytes. The integers come from the interpreter's `llm.quantize` (one definition of the math).
 
 Group size: `group_size` when it divides the in-features, else the largest divisor of the
-in-features below it, if at least MIN_GROUP; otherwise (and for int4 with odd in-features) the
-layer keeps its float weight. docs/quantization.md documents the policy.
+in-features below it, if at least MIN_GROUP; otherwise the layer keeps its float weight, as does
+an int4 layer with odd in-features or out-features not a multiple of 8 (docs/quantization.md).
 """
 
 from __future__ import annotations
@@ -27,11 +27,12 @@ from ..dialect.context import location_name
 from ..dialect.interpreter import IMPLS
 from ..dialect.types import TensorT, from_mlir
 from .pass_manager import PassError, PassSpec, register_pass
-from .rewrite import attrs_of, functions, llm_ops, operands_of, replace_op
+from .rewrite import apply_patterns, attrs_of, operands_of, producer
 
 SCHEMES = {"int8": 8, "int4": 4}
 DEFAULT_KEEP = "embed|lm_head"  # "|"-separated: a pipeline text splits options at ","
 MIN_GROUP = 8
+INT4_OUT_MULTIPLE = 8  # IREE 3.13 llvm-cpu cannot compile masked i4 vector loads (a ragged last vector)
 
 
 @dataclass(frozen=True)
@@ -88,13 +89,6 @@ def tensor_names(name: str, bits: int, group_size: int, symmetric: bool) -> tupl
     return base + ".qweight", base + ".scales", base + ".qzeros"
 
 
-def _weight_name(v: ir.Value) -> str | None:
-    owner = v.owner
-    if isinstance(owner, (ir.Operation, ir.OpView)) and owner.operation.name == "llm.weight":
-        return attrs_of(owner.operation)["name"]
-    return None
-
-
 def _derive(weights, name: str, attrs: dict, names: tuple[str, str, str]) -> None:
     """Register the three outputs of `llm.quantize` on weight `name`, computed once."""
     parts: dict[int, object] = {}
@@ -123,35 +117,32 @@ def _activation(b: Builder, y: ir.Value, activation: str, loc) -> ir.Value:
 @register_pass("quantize-weights", "Store linear weights as group-quantized int8/int4 (llm.quantized_matmul).",
                needs_weights=True, bits=8, group_size=128, symmetric=True, keep=DEFAULT_KEEP)
 def quantize_weights(module: ir.Module, weights, bits: int, group_size: int, symmetric: bool, keep: str) -> None:
-    from .dce import dce
-
     QuantConfig(bits, group_size, symmetric, keep).check()
     kept = keep_patterns(keep)
-    for func in functions(module).values():
-        for op in llm_ops(func):
-            kind = op.name.removeprefix("llm.")
-            if kind not in ("linear", "fused_linear"):
-                continue
-            x, w, bias = (operands_of(op) + [None])[:3]
-            name = _weight_name(w)
-            if name is None or any(k in name or k in location_name(op.location) for k in kept):
-                continue
-            n, k = from_mlir(w.type).shape
-            g = choose_group_size(k, group_size, bits)
-            if g is None:
-                continue
-            names = tensor_names(name, bits, g, symmetric)
-            if names[0] not in weights:
-                _derive(weights, name, {"bits": bits, "group_size": g, "symmetric": symmetric}, names)
-            b = Builder(ir.InsertionPoint(op))
-            q = b.weight(name=names[0], result_types=[TensorT((n, k), f"i{bits}")], loc=op.location)
-            s = b.weight(name=names[1], result_types=[TensorT((n, k // g), "f32")], loc=op.location)
-            z = None if symmetric else b.weight(name=names[2], result_types=[TensorT((n, k // g), "i8")],
-                                                loc=op.location)
-            y = b.quantized_matmul(x, q, s, z, bits=bits, group_size=g, loc=op.location)
-            if bias is not None:
-                y = b.add(y, bias, loc=op.location)
-            if kind == "fused_linear":
-                y = _activation(b, y, attrs_of(op)["activation"], op.location)
-            replace_op(op, y)
-    dce(module)
+
+    def rewrite(op: ir.Operation) -> ir.Value | None:
+        x, w, bias = (operands_of(op) + [None])[:3]
+        source = producer(w, "weight")
+        name = attrs_of(source)["name"] if source is not None else None
+        if name is None or any(k in name or k in location_name(op.location) for k in kept):
+            return None
+        n, k = from_mlir(w.type).shape
+        g = choose_group_size(k, group_size, bits)
+        if g is None or (bits == 4 and n % INT4_OUT_MULTIPLE):
+            return None
+        names = tensor_names(name, bits, g, symmetric)
+        if names[0] not in weights:  # prefill and decode share the weight
+            _derive(weights, name, {"bits": bits, "group_size": g, "symmetric": symmetric}, names)
+        b = Builder(ir.InsertionPoint(op))
+        q = b.weight(name=names[0], result_types=[TensorT((n, k), f"i{bits}")], loc=op.location)
+        s = b.weight(name=names[1], result_types=[TensorT((n, k // g), "f32")], loc=op.location)
+        z = None if symmetric else b.weight(name=names[2], result_types=[TensorT((n, k // g), "i8")],
+                                            loc=op.location)
+        y = b.quantized_matmul(x, q, s, z, bits=bits, group_size=g, loc=op.location)
+        if bias is not None:
+            y = b.add(y, bias, loc=op.location)
+        if op.name == "llm.fused_linear":
+            y = _activation(b, y, attrs_of(op)["activation"], op.location)
+        return y
+
+    apply_patterns(module, {"linear": [rewrite], "fused_linear": [rewrite]})

@@ -15,7 +15,7 @@ import numpy as np
 
 from llmirc.artifacts.manifest import PARAMS_NAME, VMFB_NAME, Manifest, read_manifest
 from llmirc.artifacts.params import SCOPE, load_params
-from llmirc.errors import ArtifactError, LlmircError, RuntimeDeviceError
+from llmirc.errors import ArtifactError, LlmircError, PromptTooLongError, RuntimeDeviceError
 
 # Which runtime drivers can run a module compiled for each `--iree-hal-target-device`.
 DRIVERS_FOR_DEVICE: dict[str, tuple[str, ...]] = {
@@ -55,11 +55,24 @@ class Engine:
         self.page_size: int = kv.page_size
         self.max_seq_len: int = m.max_seq_len
         self.vocab_size: int = m.vocab_size
+        target = self.manifest.target
+        # Static-shape targets (tpu-like): entry points per bucket, a pool size fixed at compile time.
+        self.buckets: StaticBuckets | None = StaticBuckets.from_manifest(self.manifest)
+        if self.buckets is not None:
+            if num_pages is not None and num_pages != self.buckets.num_pages:
+                raise LlmircError(f"this artifact (target {target.name}) was compiled for a page pool of exactly "
+                                  f"{self.buckets.num_pages} pages; drop --num-pages or recompile with "
+                                  f"--buckets pages={num_pages}")
+            num_pages = self.buckets.num_pages
+        # Longest prompt one prefill call takes (the largest compiled length bucket when static).
+        self.max_prefill_len: int = self.buckets.prefill_len[-1] if self.buckets else m.max_seq_len
+        self._index_dtype = np.dtype(np.int32 if target.extra.get("index_dtype") == "i32" else np.int64)
         self.num_pages: int = num_pages if num_pages is not None else default_num_pages(self.manifest)
         if self.num_pages < 2:
             raise LlmircError(f"--num-pages must be at least 2 (page 0 is the scratch page), got {self.num_pages}")
         self.device_uri: str = device or self.manifest.target.driver
         self.device = open_device(self.manifest, self.device_uri)
+        self._staging = self.device_uri.startswith("vulkan")  # device -> host copies: see to_host
 
         self._instance = rt.VmInstance()
         self._params = params = load_params(self.artifact_dir / PARAMS_NAME)  # keeps the weights' mapping alive
@@ -74,8 +87,13 @@ class Engine:
             raise RuntimeDeviceError(
                 f"{self.artifact_dir / VMFB_NAME} could not be initialised on device {self.device_uri!r} "
                 f"(compiled for target {self.manifest.target.name!r}): {_first_line(e)}") from None
-        self._prefill = self._function("prefill")
-        self._decode = self._function("decode")
+        if self.buckets is None:
+            self._prefill = self._function("prefill")
+            self._decode = self._function("decode")
+        else:
+            self._prefill_fns = {(b, t): self._function(f"prefill_b{b}_t{t}")
+                                 for b in self.buckets.batch for t in self.buckets.prefill_len}
+            self._decode_fns = {b: self._function(f"decode_b{b}") for b in self.buckets.batch}
         self.pool_shape = (self.num_pages, m.num_layers, 2, kv.page_size, m.num_kv_heads, m.head_dim)
         self.pool = device_zeros(self.device, self.pool_shape, kv_numpy_dtype(kv.dtype))
 
@@ -91,6 +109,8 @@ class Engine:
         if np.any(seq_lens < 1) or np.any(seq_lens > tokens.shape[1]):
             raise ValueError(f"seq_lens must be in 1..{tokens.shape[1]}, got {seq_lens.tolist()}")
         self._check_ids(tokens, block_tables)
+        if self.buckets is not None:
+            return self._prefill_static(tokens, seq_lens, block_tables)
         return self._call(self._prefill, tokens, seq_lens, block_tables)
 
     def decode(self, tokens: np.ndarray, positions: np.ndarray, block_tables: np.ndarray) -> np.ndarray:
@@ -103,19 +123,60 @@ class Engine:
             raise ValueError(f"positions {positions.tolist()} fall outside the block tables "
                              f"({block_tables.shape[1]} pages of {self.page_size})")
         self._check_ids(tokens, block_tables)
+        if self.buckets is not None:
+            return self._decode_static(tokens, positions, block_tables)
         return self._call(self._decode, tokens, positions, block_tables)
+
+    # ---- static-shape targets: pad each call to a compiled bucket -----------------------
+
+    def _prefill_static(self, tokens: np.ndarray, seq_lens: np.ndarray, block_tables: np.ndarray) -> np.ndarray:
+        """Run in chunks of at most the largest batch bucket, each padded to the smallest bucket that holds it.
+
+        Padding rows have seq_len 0 and a block table of scratch page 0: every position is
+        padding (-1), so they write nothing but the scratch page and their logits are dropped.
+        """
+        bk = self.buckets
+        t = bk.fit_len(int(seq_lens.max()))
+        tokens = tokens[:, :t] if tokens.shape[1] > t else tokens  # columns past every seq_len are padding
+        outs = []
+        for lo in range(0, tokens.shape[0], bk.batch[-1]):
+            n = min(bk.batch[-1], tokens.shape[0] - lo)
+            b = bk.fit_batch(n)
+            tok = np.zeros((b, t), np.int64)
+            tok[:n, :tokens.shape[1]] = tokens[lo:lo + n]
+            lens = np.zeros(b, np.int64)
+            lens[:n] = seq_lens[lo:lo + n]
+            logits = self._call(self._prefill_fns[(b, t)], tok, lens, bk.pad_tables(block_tables[lo:lo + n], b))
+            outs.append(logits[:n])
+        return np.concatenate(outs)
+
+    def _decode_static(self, tokens: np.ndarray, positions: np.ndarray, block_tables: np.ndarray) -> np.ndarray:
+        """As _prefill_static; padding rows decode at position -1 (write and attend nothing)."""
+        bk = self.buckets
+        outs = []
+        for lo in range(0, tokens.shape[0], bk.batch[-1]):
+            n = min(bk.batch[-1], tokens.shape[0] - lo)
+            b = bk.fit_batch(n)
+            tok = np.zeros(b, np.int64)
+            tok[:n] = tokens[lo:lo + n]
+            pos = np.full(b, -1, np.int64)
+            pos[:n] = positions[lo:lo + n]
+            logits = self._call(self._decode_fns[b], tok, pos, bk.pad_tables(block_tables[lo:lo + n], b))
+            outs.append(logits[:n])
+        return np.concatenate(outs)
 
     def read_pool(self) -> np.ndarray:
         """A host copy of the device pool (for tests and debugging)."""
-        return np.array(self.pool.to_host(), copy=True)
+        return to_host(self.device, self.pool, self._staging)
 
     def _call(self, fn, *args: np.ndarray) -> np.ndarray:
+        args = tuple(a.astype(self._index_dtype, copy=False) for a in args)  # i32 where the module demotes i64
         try:
             logits, _pool = fn(*args, self.pool)  # _pool aliases self.pool (tied result)
+            return np.asarray(to_host(self.device, logits, self._staging), dtype=np.float32)
         except (RuntimeError, ValueError) as e:
             raise RuntimeDeviceError(f"running {self.artifact_dir / VMFB_NAME} on {self.device_uri!r} failed: "
                                      f"{_first_line(e)}") from None
-        return np.array(logits.to_host(), dtype=np.float32, copy=True)
 
     def _check_ids(self, tokens: np.ndarray, block_tables: np.ndarray) -> None:
         if tokens.size and (tokens.min() < 0 or tokens.max() >= self.vocab_size):
@@ -132,6 +193,74 @@ class Engine:
             raise ArtifactError(f"{self.artifact_dir / VMFB_NAME} has no '{name}' entry point; "
                                 "re-run `llmirc compile` to rebuild the artifact")
         return rt.FunctionInvoker(self._context, self.device, fn)
+
+
+class StaticBuckets:
+    """manifest target.buckets of a static-shape artifact: which shapes were compiled."""
+
+    def __init__(self, batch, prefill_len, pages_per_seq: int, num_pages: int) -> None:
+        self.batch = tuple(sorted(int(b) for b in batch))
+        self.prefill_len = tuple(sorted(int(t) for t in prefill_len))
+        self.pages_per_seq, self.num_pages = int(pages_per_seq), int(num_pages)
+
+    @classmethod
+    def from_manifest(cls, manifest: Manifest) -> StaticBuckets | None:
+        data = manifest.target.extra.get("buckets")
+        if not data:
+            return None
+        try:
+            return cls(data["batch"], data["prefill_len"], data["pages_per_seq"], data["num_pages"])
+        except (KeyError, TypeError, ValueError):
+            raise ArtifactError(f"manifest target.buckets {data!r} is not batch/prefill_len/pages_per_seq/num_pages; "
+                                "re-run `llmirc compile` to rebuild the artifact") from None
+
+    def fit_batch(self, n: int) -> int:
+        return next(b for b in self.batch if b >= n)
+
+    def fit_len(self, t: int) -> int:
+        """The smallest compiled prefill length >= t, or a clear error when there is none."""
+        for length in self.prefill_len:
+            if length >= t:
+                return length
+        raise PromptTooLongError(
+            f"a prompt of {t} tokens does not fit any compiled prefill bucket (lengths "
+            f"{', '.join(map(str, self.prefill_len))}); shorten it or recompile with --buckets len=...,{t}")
+
+    def pad_tables(self, tables: np.ndarray, b: int) -> np.ndarray:
+        """[n, w] block tables -> [b, pages_per_seq], the rest scratch page 0."""
+        if tables.shape[1] > self.pages_per_seq:
+            if np.any(tables[:, self.pages_per_seq:]):
+                raise ValueError(f"block tables use {tables.shape[1]} pages but the artifact was compiled for "
+                                 f"{self.pages_per_seq} per sequence")
+            tables = tables[:, :self.pages_per_seq]
+        out = np.zeros((b, self.pages_per_seq), np.int64)
+        out[:tables.shape[0], :tables.shape[1]] = tables
+        return out
+
+
+def to_host(device, array, staging: bool = False) -> np.ndarray:
+    """A host copy of a device array; `staging` copies through a mapped staging buffer.
+
+    Vulkan needs `staging`: iree.runtime's `to_host` imports a numpy allocation instead,
+    which Mesa lavapipe refuses ("host allocation import pointer does not satisfy Vulkan
+    minImportedHostPointerAlignment 4096"; IREE 3.13 Python bindings).
+    """
+    if not staging:
+        return np.array(array.to_host(), copy=True)
+    import iree.runtime as rt
+
+    view = array._buffer_view
+    source = view.get_buffer()
+    staging = device.allocator.allocate_buffer(
+        memory_type=int(rt.MemoryType.HOST_LOCAL | rt.MemoryType.DEVICE_VISIBLE),
+        allowed_usage=int(rt.BufferUsage.TRANSFER_TARGET | rt.BufferUsage.MAPPING_SCOPED),
+        allocation_size=source.byte_length())
+    sem = device.create_semaphore(0)
+    device.queue_copy(source, staging, wait_semaphores=rt.HalFence.create_at(sem, 0),
+                      signal_semaphores=rt.HalFence.create_at(sem, 1))
+    rt.HalFence.create_at(sem, 1).wait()
+    dtype = rt.HalElementType.map_to_dtype(view.element_type)
+    return np.array(staging.map().asarray(view.shape, dtype), copy=True)
 
 
 def default_num_pages(manifest: Manifest) -> int:

@@ -162,6 +162,11 @@ class Generator:
         if n > limit:
             raise PromptTooLongError(f"prompt {s.id} has {n} tokens but the model's max_seq_len is {limit}; "
                                      "shorten the prompt")
+        longest = getattr(self.engine, "max_prefill_len", limit)  # static-shape targets: compiled buckets
+        if n > longest:
+            raise PromptTooLongError(f"prompt {s.id} has {n} tokens but the longest compiled prefill bucket of this "
+                                     f"artifact is {longest} tokens; shorten the prompt or recompile with "
+                                     f"--buckets len=...,{n}")
         bad = [t for t in s.prompt_ids if not 0 <= t < self.engine.vocab_size]
         if bad:
             raise LlmircError(f"prompt {s.id} has token id {bad[0]} outside the vocabulary "

@@ -2,22 +2,97 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+
+from ..errors import LlmircError
+
+
+class TargetError(LlmircError):
+    """An unknown target or variant, or an option the target does not support."""
+
+
+@dataclass(frozen=True)
+class Buckets:
+    """Compile-time shapes of a static-shape target (docs/targets.md, tpu-like).
+
+    One `prefill_b{B}_t{T}` entry point per (batch, prefill_len) pair and one `decode_b{B}`
+    per batch size; every dim static: block tables are [B, pages_per_seq] with
+    pages_per_seq = ceil(max_seq_len / page_size), and the page pool has `num_pages` pages
+    (scratch page 0 included), fixed at compile time.
+    """
+
+    batch: tuple[int, ...] = (1, 4)
+    # Prefill lengths; None: DEFAULT_LENGTHS below max_seq_len, plus max_seq_len itself.
+    prefill_len: tuple[int, ...] | None = None
+    num_pages: int | None = None  # None: 1 + max(batch) * pages_per_seq (the largest batch at full length)
+
+    DEFAULT_LENGTHS = (32, 128, 512, 2048)
+
+    def resolve(self, max_seq_len: int, page_size: int) -> dict:
+        """The concrete buckets for one model, as recorded in manifest target.buckets."""
+        batch = tuple(sorted(set(self.batch)))
+        if not batch or batch[0] < 1:
+            raise TargetError(f"batch buckets must be positive integers, got {list(self.batch)}")
+        if self.prefill_len is None:
+            lens = tuple(t for t in self.DEFAULT_LENGTHS if t < max_seq_len) + (max_seq_len,)
+        else:
+            lens = tuple(sorted(set(self.prefill_len)))
+            if not lens or lens[0] < 1 or lens[-1] > max_seq_len:
+                raise TargetError(f"prefill length buckets must be in 1..{max_seq_len} (the model's max_seq_len), "
+                                  f"got {list(self.prefill_len)}")
+        pages_per_seq = -(-max_seq_len // page_size)
+        num_pages = self.num_pages if self.num_pages is not None else 1 + batch[-1] * pages_per_seq
+        if num_pages < 1 + pages_per_seq:
+            raise TargetError(f"a static page pool of {num_pages} pages cannot hold one max-length sequence "
+                              f"({pages_per_seq} pages of {page_size} tokens + the scratch page); use at least "
+                              f"{1 + pages_per_seq}")
+        return {"batch": list(batch), "prefill_len": list(lens), "pages_per_seq": pages_per_seq,
+                "num_pages": num_pages}
+
+    @classmethod
+    def parse(cls, spec: str, base: Buckets | None = None) -> Buckets:
+        """'batch=1,4;len=32,128;pages=65' (any subset, the rest from `base`; ';' or spaces between)."""
+        keys = {"batch": "batch", "b": "batch", "len": "prefill_len", "t": "prefill_len", "pages": "num_pages"}
+        values: dict = {}
+        for part in spec.replace(";", " ").split():
+            key, sep, val = part.partition("=")
+            if not sep or key not in keys:
+                raise TargetError(f"--buckets: cannot read {part!r}; expected e.g. 'batch=1,4;len=32,128;pages=65'")
+            try:
+                nums = tuple(int(v) for v in val.split(",") if v.strip())
+            except ValueError:
+                raise TargetError(f"--buckets: {key} takes comma-separated integers, got {val!r}") from None
+            if not nums or min(nums) < 1:
+                raise TargetError(f"--buckets: {key} needs positive integers, got {val!r}")
+            if keys[key] == "num_pages":
+                if len(nums) != 1:
+                    raise TargetError(f"--buckets: pages takes one integer, got {val!r}")
+                values["num_pages"] = nums[0]
+            else:
+                values[keys[key]] = nums
+        return replace(base or cls(), **values)
 
 
 @dataclass(frozen=True)
 class TargetProfile:
-    name: str  # family: cpu, cuda, rocm, vulkan, tpu-like
-    variant: str  # host, znver3, sm_80, gfx942, ...
+    name: str  # family: cpu, cuda, rocm, vulkan, tpu-like, metal
+    variant: str  # host, znver3, sm_80, gfx942, rdna3, ...
     device: str  # IREE HAL target device name
     driver: str  # iree.runtime driver that runs the artifact
     flags: tuple[str, ...]  # iree-compile flags
-    dtypes: tuple[str, ...] = ("f32",)  # weight/activation dtypes supported
+    dtypes: tuple[str, ...] = ("f32",)  # weight/activation dtypes supported (--dtype)
+    quantize: tuple[str, ...] = ()  # weight quantization schemes supported (--quantize)
     attention: str = "decomposed"  # "decomposed" (linalg) or "fused" (iree_linalg_ext.attention)
     page_size: int = 16
     static_shapes: bool = False
     notes: str = ""
     o3_flags: tuple[str, ...] = field(default=())  # extra iree-compile flags that measured faster
+    # `#hal.device.target<...>` text put on the module (hal.device.targets) when IREE's own
+    # target table lacks the variant (CUDA sm_90 in IREE 3.13: "missing GPU target").
+    device_target_attr: str | None = None
+    index_dtype: str = "i64"  # element type of tokens/positions/block tables at the module ABI
+    buckets: Buckets | None = None  # static-shape targets: the default compile-time buckets
+    systolic_tile: int | None = None  # pad matmul K and N to this, M to 8 (systolic-array targets)
 
     @property
     def full_name(self) -> str:
@@ -25,3 +100,23 @@ class TargetProfile:
 
     def compile_flags(self, opt_level: int) -> list[str]:
         return list(self.flags) + (list(self.o3_flags) if opt_level >= 3 else [])
+
+    def check_precision(self, dtype: str = "f32", quantize: str | None = None) -> None:
+        """One clear error when the target cannot run `--dtype dtype` / `--quantize quantize`."""
+        if dtype not in self.dtypes:
+            raise TargetError(f"unsupported dtype '{dtype}' for target {self.full_name} "
+                              f"(supported: {', '.join(self.dtypes)})")
+        if quantize and quantize not in self.quantize:
+            supported = ", ".join(self.quantize) if self.quantize else "none"
+            raise TargetError(f"unsupported quantization '{quantize}' for target {self.full_name} "
+                              f"(supported: {supported})")
+
+    def module_text(self, iree_input: str) -> str:
+        """The lowered module with this target's hal.device.targets attribute (when it has one)."""
+        if not self.device_target_attr:
+            return iree_input
+        head = "module {"
+        if not iree_input.startswith(head):
+            raise TargetError(f"target {self.full_name}: expected the lowered module to start with '{head}'")
+        attr = f"module attributes {{hal.device.targets = [{self.device_target_attr} : !hal.device]}} {{"
+        return attr + iree_input[len(head):]

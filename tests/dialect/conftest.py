@@ -179,6 +179,7 @@ def build_all_ops_module() -> ir.Module:
             b.fused_linear(x, cat, activation="swiglu", loc="fused_linear_swiglu")
             b.fused_linear(x, lw, bias=w("lin_bias2", 16), activation="gelu_tanh", loc="fused_linear")
             b.add_rms_norm(x, x, nw, eps=1e-5, loc="add_rms_norm")
+            b.convert(x, dtype="f16", loc="convert")
             func.ReturnOp([])
     names = set()
     module.operation.walk(lambda op: names.add(op.operation.name) or ir.WalkResult.ADVANCE)

@@ -13,11 +13,12 @@ import numpy as np
 import pytest
 
 from llmirc.dialect import Builder, TensorT, make_context
-from llmirc.dialect.context import functions, weight_names
+from llmirc.artifacts.params import encode_param
+from llmirc.dialect.context import functions, weight_names, weight_types
 from llmirc.dialect.interpreter import run_function
 from llmirc.dialect.types import from_mlir
 from llmirc.frontend import import_checkpoint
-from llmirc.lowering import CPU_FLAGS, compile_iree, lower_to_iree
+from llmirc.lowering import CPU_FLAGS, compile_iree, lower_to_iree, stored_transposed
 from llmirc.pipelines import PassManager, WeightStore, pipeline_for_level
 
 rt = pytest.importorskip("iree.runtime")
@@ -268,7 +269,10 @@ def test_other_ops_match_interpreter():
     x = rng.standard_normal((5, 3, 32), dtype=np.float32)
     ids = np.array([1, 3, 9, 0, 2], np.int64)
     expected = run_function(module, "ops", [x, ids], weights)
-    c = Compiled(compile_iree(lower_to_iree(module), CPU_FLAGS), weights)
+    # the archive's encoding: quantized_matmul's q/s/z are stored [in, out] (lowering/quantized.py)
+    types, transposed = weight_types(module), stored_transposed(module)
+    params = {n: encode_param(w, types[n].dtype, n in transposed) for n, w in weights.items()}
+    c = Compiled(compile_iree(lower_to_iree(module), CPU_FLAGS), params)
     got = c.fn("ops")(x, ids)
     for i, (g, e) in enumerate(zip(got, expected)):
         g = np.asarray(g.to_host())

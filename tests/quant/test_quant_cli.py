@@ -1,0 +1,48 @@
+"""`llmirc compile --quantize/--dtype` and `llmirc testing make-checkpoint --prequantized` from the shell."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+LLMIRC = [str(Path(sys.executable).parent / "llmirc")]
+
+
+def _run(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(LLMIRC + list(args), capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--quantize", "int3"], "error: --quantize must be one of int8, int4, got 'int3'"),
+    (["--quantize", "int8", "--group-size", "0"],
+     "error: quantize-weights: group size must be a positive integer, got 0"),
+    (["--dtype", "f64"], "Invalid value for '--dtype': 'f64' is not one of 'f32', 'f16', 'bf16'"),
+])
+def test_bad_precision_options(tiny_checkpoint, tmp_path, args, message):
+    r = _run("compile", str(tiny_checkpoint), "-o", str(tmp_path / "out"), "--emit", "llm-opt", *args)
+    assert r.returncode != 0 and message in r.stderr, r.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_quantize_emit_llm_opt(tiny_checkpoint, tmp_path):
+    out = tmp_path / "q.mlir"
+    r = _run("compile", str(tiny_checkpoint), "-o", str(out), "--emit", "llm-opt", "--quantize", "int4",
+             "--group-size", "32", "--asymmetric", "--keep-float", "lm_head,down_proj", "--dtype", "bf16", "-q")
+    assert r.returncode == 0, r.stderr
+    text = out.read_text()
+    assert 'int4_g32_asym.qweight"} : () -> tensor<256x64xi4>' in text  # fused gate/up: [2 * 128, 64]
+    assert "down_proj.weight.bf16" in text and "lm_head.weight.bf16" in text and "embed_tokens.weight.bf16" in text
+
+
+def test_make_prequantized_checkpoint_then_compile_llm(tmp_path):
+    ckpt = tmp_path / "gptq"
+    r = _run("testing", "make-checkpoint", str(ckpt), "--prequantized", "gptq", "--vocab", "320")
+    assert r.returncode == 0, r.stderr
+    assert json.loads((ckpt / "config.json").read_text())["quantization_config"]["quant_method"] == "gptq"
+    r = _run("compile", str(ckpt), "-o", str(tmp_path / "m.mlir"), "--emit", "llm", "-q")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "m.mlir").read_text().count('"llm.quantized_matmul"') == 2 * 7 * 2

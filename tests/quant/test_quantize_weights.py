@@ -1,0 +1,162 @@
+"""quantize-weights: the integers it stores, and the model it leaves, against numpy fake-quantization.
+
+Integer path (exact): the derived qweight/scales/qzeros equal tests/quant/reference.py's, and
+the quantized model's logits equal, bit for bit, those of the same f32 model whose linear
+weights were replaced by their fake-quantized values. Float path: the quantized model stays
+close to the f32 one.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from llmirc.dialect import print_module
+from llmirc.frontend import import_checkpoint
+from llmirc.pipelines import PassError, PassManager, QuantConfig, WeightStore, parse_pipeline, pipeline_for_level
+from llmirc.pipelines.quantize_weights import choose_group_size, tensor_names
+from llmirc.testing.checkpoints import CheckpointSpec, make_checkpoint
+from tests.pipelines.equivalence import run_model
+from tests.quant import reference
+
+SCHEMES = [(8, True), (8, False), (4, True), (4, False)]
+IDS = ["int8-sym", "int8-asym", "int4-sym", "int4-asym"]
+GROUP = 32
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory):
+    spec = CheckpointSpec(layers=2, hidden=64, heads=4, kv_heads=2, intermediate=128, vocab=300, seed=3)
+    return import_checkpoint(make_checkpoint(tmp_path_factory.mktemp("q") / "ckpt", spec))
+
+
+def _run(module, store, pipeline) -> list[np.ndarray]:
+    m = import_checkpoint(module.checkpoint.directory)
+    PassManager(pipeline, weights=store).run(m.module)
+    rng = np.random.default_rng(0)
+    tokens = rng.integers(3, 300, size=(2, 9)).astype(np.int64)
+    return m, run_model(m.module, store, tokens, np.array([9, 4], np.int64), steps=3)
+
+
+def _is_layer_linear(name: str) -> bool:
+    return name.startswith("model.layers.") and name.endswith("proj.weight")
+
+
+@pytest.mark.parametrize("bits,symmetric", SCHEMES, ids=IDS)
+def test_stored_integers_equal_numpy_reference(model, bits, symmetric):
+    store = WeightStore.from_arrays(model.weights())
+    m = import_checkpoint(model.checkpoint.directory)
+    PassManager([QuantConfig(bits, GROUP, symmetric).pass_spec()], weights=store).run(m.module)
+    for name, w in model.weights().items():
+        if not _is_layer_linear(name):
+            continue
+        q, s, z = reference.quantize(w, bits, GROUP, symmetric)
+        qname, sname, zname = tensor_names(name, bits, GROUP, symmetric)
+        assert f'name = "{qname}"' in print_module(m.module)
+        np.testing.assert_array_equal(store[qname].astype(np.int64), q)
+        np.testing.assert_array_equal(store[sname], s)
+        assert store[qname].dtype == np.int8 and store[sname].dtype == np.float32
+        if symmetric:
+            assert f'name = "{zname}"' not in print_module(m.module)
+        else:
+            np.testing.assert_array_equal(store[zname].astype(np.int64), z)
+
+
+@pytest.mark.parametrize("bits,symmetric", SCHEMES, ids=IDS)
+@pytest.mark.parametrize("level", [0, 2])
+def test_quantized_model_equals_fake_quant_model_exactly(model, bits, symmetric, level):
+    weights = model.weights()
+    fake = {n: reference.fake_quant(w, bits, GROUP, symmetric) if _is_layer_linear(n) else w
+            for n, w in weights.items()}
+    _, expected = _run(model, WeightStore.from_arrays(fake), pipeline_for_level(level, 4))
+    quant = QuantConfig(bits, GROUP, symmetric)
+    m, got = _run(model, WeightStore.from_arrays(weights), pipeline_for_level(level, 4, quant))
+    text = print_module(m.module)
+    assert text.count('"llm.quantized_matmul"') == 2 * model.config.num_layers * (7 if level == 0 else 4)
+    assert text.count('"llm.linear"') == 2  # lm_head of prefill and decode stays f32
+    for e, g in zip(expected, got):
+        np.testing.assert_array_equal(g, e)
+
+
+@pytest.mark.parametrize("bits,atol", [(8, 2e-3), (4, 5e-2)], ids=["int8", "int4"])
+def test_quantized_model_close_to_f32(model, bits, atol):
+    store = WeightStore.from_arrays(model.weights())
+    _, ref = _run(model, store, pipeline_for_level(2, 4))
+    _, got = _run(model, store, pipeline_for_level(2, 4, QuantConfig(bits, GROUP)))
+    scale = max(np.abs(r).max() for r in ref)
+    for r, g in zip(ref, got):
+        np.testing.assert_allclose(g, r, atol=atol * scale, rtol=0)
+
+
+def test_keep_empty_quantizes_lm_head_too(model):
+    weights = model.weights()
+    fake = {n: reference.fake_quant(w, 8, GROUP, True) if n.endswith("proj.weight") or n == "lm_head.weight"
+            else w for n, w in weights.items()}
+    _, expected = _run(model, WeightStore.from_arrays(fake), pipeline_for_level(2, 4))
+    m, got = _run(model, WeightStore.from_arrays(weights), pipeline_for_level(2, 4, QuantConfig(8, GROUP, keep="")))
+    assert '"llm.linear"' not in print_module(m.module)
+    for e, g in zip(expected, got):
+        np.testing.assert_array_equal(g, e)
+
+
+def test_keep_names_layers(model):
+    m = import_checkpoint(model.checkpoint.directory)
+    store = WeightStore.from_arrays(model.weights())
+    PassManager(parse_pipeline("quantize-weights{bits=4,group_size=32,keep=lm_head|down_proj}"),
+                weights=store).run(m.module)
+    text = print_module(m.module)
+    assert text.count('"llm.linear"') == 2 * (1 + model.config.num_layers)  # lm_head and down_proj
+    assert 'down_proj.weight"' in text and "down_proj.weight.int4" not in text
+
+
+def test_tied_embeddings_keep_the_table_float(tmp_path):
+    spec = CheckpointSpec(layers=1, hidden=64, intermediate=128, vocab=300, tie_embeddings=True, seed=1)
+    m = import_checkpoint(make_checkpoint(tmp_path / "tied", spec))
+    store = WeightStore.from_arrays(m.weights())
+    PassManager(pipeline_for_level(2, 4, QuantConfig(8, GROUP)), weights=store).run(m.module)
+    text = print_module(m.module)
+    assert text.count('"llm.linear"') == 2 and "embed_tokens.weight.int8" not in text
+
+
+@pytest.mark.parametrize("k,group,bits,expected", [
+    (128, 128, 8, 128), (64, 128, 8, 64), (344, 128, 8, 86), (344, 128, 4, 86), (96, 64, 4, 48),
+    (127, 128, 8, 127), (127, 64, 8, None), (127, 128, 4, None), (14, 8, 8, None)])
+def test_group_size_fallback(k, group, bits, expected):
+    assert choose_group_size(k, group, bits) == expected
+
+
+def test_group_size_fallback_in_ir(tmp_path):
+    """intermediate 96 with group 64: down_proj takes groups of 48, the others 64."""
+    spec = CheckpointSpec(layers=1, hidden=64, intermediate=96, vocab=300, seed=2)
+    m = import_checkpoint(make_checkpoint(tmp_path / "c", spec))
+    weights = m.weights()
+    store = WeightStore.from_arrays(weights)
+    PassManager([QuantConfig(4, 64).pass_spec()], weights=store).run(m.module)
+    text = print_module(m.module)
+    assert text.count("group_size = 48 : i64") == 2 and text.count("group_size = 64 : i64") == 12
+    name = "model.layers.0.mlp.down_proj.weight"
+    q, s, _ = reference.quantize(weights[name], 4, 48, True)
+    np.testing.assert_array_equal(store[tensor_names(name, 4, 48, True)[0]], q)
+
+
+@pytest.mark.parametrize("scheme,message", [
+    ("int3", "--quantize must be one of int8, int4, got 'int3'"),
+    ("fp8", "--quantize must be one of int8, int4, got 'fp8'")])
+def test_unknown_scheme(scheme, message):
+    with pytest.raises(PassError, match=message):
+        QuantConfig.parse(scheme)
+
+
+def test_bad_pass_options(model):
+    m = import_checkpoint(model.checkpoint.directory)
+    store = WeightStore.from_arrays(model.weights())
+    with pytest.raises(PassError, match="bits must be 8 or 4, got 3"):
+        PassManager(parse_pipeline("quantize-weights{bits=3}"), weights=store).run(m.module)
+    with pytest.raises(PassError, match="group size must be a positive integer, got 0"):
+        PassManager(parse_pipeline("quantize-weights{group_size=0}"), weights=store).run(m.module)
+
+
+def test_needs_weights(model):
+    m = import_checkpoint(model.checkpoint.directory)
+    with pytest.raises(PassError, match="pass 'quantize-weights' needs the model's weights"):
+        PassManager(parse_pipeline("quantize-weights")).run(m.module)
