@@ -6,8 +6,9 @@
 
 For each model size (random weights, fixed seed, made offline) it measures, in this one
 process and with the same thread count for everyone:
-- the roofline: streaming-read bandwidth (numpy, all threads) -> decode bound
-  batch * bandwidth / weight bytes; sgemm GFLOP/s -> prefill bound sgemm / (2 * params);
+- the roofline (llmirc/runtime/roofline.py): streaming-read bandwidth (the faster of numpy
+  sums on all threads and a BLAS gemv) -> decode bound batch * bandwidth / bytes read per
+  step (every weight but the embedding table); sgemm -> prefill bound sgemm / (2 * params);
 - llmirc at -O0 and -O3 through the runtime Engine (llmirc.runtime.bench);
 - transformers LlamaForCausalLM, eager attention, KV cache, torch.set_num_threads(threads).
 It prints ratios (llmirc / transformers, llmirc / roofline) and writes docs/performance.md
@@ -21,64 +22,19 @@ import json
 import os
 import statistics
 import tempfile
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
-
 from llmirc.compiler import CompileOptions, compile_checkpoint
+from llmirc.runtime import roofline
 from llmirc.runtime.bench import bench_artifact
-from llmirc.testing.checkpoints import CheckpointSpec, make_checkpoint
+from llmirc.testing.checkpoints import PRESETS, make_large_checkpoint, n_params
 
-ROOT = Path(__file__).resolve().parent.parent
-SIZES = {
-    "small": CheckpointSpec(layers=4, hidden=256, heads=8, kv_heads=4, intermediate=688, vocab=2048,
-                            max_seq_len=512, seed=0),
-    "100m": CheckpointSpec(layers=12, hidden=768, heads=12, kv_heads=4, intermediate=2048, vocab=8192,
-                           max_seq_len=512, seed=0),
-    "1b": CheckpointSpec(layers=16, hidden=2048, heads=32, kv_heads=8, intermediate=5632, vocab=32000,
-                         max_seq_len=512, seed=0),
-}
+from docs_section import ROOT, write_doc_section
+
 WARMUP_STEPS = 3  # torch's first decode steps at a new batch size are several times slower
 BATCHES = {"small": (1, 2, 4, 8), "100m": (1, 2, 4, 8), "1b": (1, 4)}
-
-
-def n_params(s: CheckpointSpec) -> int:
-    h, i, d = s.hidden, s.intermediate, s.hidden // s.heads
-    return s.layers * (h * d * 2 * (s.heads + s.kv_heads) + 3 * h * i + 2 * h) + 2 * s.vocab * h + h
-
-
-# ---- the hardware limit ------------------------------------------------------------------
-
-def read_bandwidth_gbs(threads: int, mib: int = 512, reps: int = 5) -> float:
-    """Streaming read: each thread sums its own slice of a buffer larger than the caches."""
-    a = np.ones(mib * 2**20 // 4, np.float32)
-    parts = np.array_split(a, threads)
-    best = 0.0
-    for _ in range(reps):
-        ts = [threading.Thread(target=np.add.reduce, args=(p,)) for p in parts]
-        t0 = time.perf_counter()
-        for t in ts:
-            t.start()
-        for t in ts:
-            t.join()
-        best = max(best, a.nbytes / (time.perf_counter() - t0) / 1e9)
-    return best
-
-
-def sgemm_gflops(n: int = 2048, reps: int = 5) -> float:
-    a, b = np.random.rand(n, n).astype(np.float32), np.random.rand(n, n).astype(np.float32)
-    a @ b
-    best = min(_timed(lambda: a @ b) for _ in range(reps))
-    return 2 * n**3 / best / 1e9
-
-
-def _timed(fn) -> float:
-    t0 = time.perf_counter()
-    fn()
-    return time.perf_counter() - t0
 
 
 # ---- transformers ------------------------------------------------------------------------
@@ -126,11 +82,12 @@ class Row:
 
 
 def run_size(size: str, args, tmp: Path) -> Row:
-    spec = SIZES[size]
+    spec = PRESETS[size]
     t0 = time.perf_counter()
-    ckpt = make_checkpoint(tmp / size / "ckpt", spec)
+    ckpt = make_large_checkpoint(tmp / size / "ckpt", spec)
     print(f"[{size}] checkpoint in {time.perf_counter() - t0:.0f} s", flush=True)
-    row = Row(size, n_params(spec), 4 * n_params(spec))
+    # decode reads every weight but the embedding table (one row of it)
+    row = Row(size, n_params(spec), 4 * (n_params(spec) - spec.vocab * spec.hidden))
     for level in args.levels:
         art = tmp / size / f"O{level}"
         t0 = time.perf_counter()
@@ -147,8 +104,8 @@ def run_size(size: str, args, tmp: Path) -> Row:
     return row
 
 
-def table(rows: list[Row], bw: float, gf: float, args) -> str:
-    out = [f"Machine: {os.cpu_count()} cores; measured streaming read {bw:.1f} GB/s, sgemm {gf:.0f} GFLOP/s "
+def table(rows: list[Row], roof: roofline.Roofline, args) -> str:
+    out = [f"Machine: {os.cpu_count()} cores; measured {roof.describe()} "
            f"(numpy, {args.threads} threads). f32 weights, batch-1 prefill of {args.prompt} tokens, decode steps "
            f"at context {args.prompt}..{args.prompt + args.steps}; medians. transformers: eager attention, "
            f"KV cache, torch threads = {args.threads}.", "",
@@ -156,8 +113,8 @@ def table(rows: list[Row], bw: float, gf: float, args) -> str:
            "decode b1 / transformers | prefill / transformers |",
            "|---|---|---|---|---|---|---|"]
     for r in rows:
-        roof_dec = bw * 1e9 / r.weight_bytes
-        roof_pre = gf * 1e9 / (2 * r.params)
+        roof_dec = roof.decode_tokens_per_s(r.weight_bytes)
+        roof_pre = roof.prefill_tokens_per_s(r.params)
         hf_pre = args.prompt / (statistics.median(r.hf["prefill_ms"]) / 1e3)
         hf_dec = {b: b / (ms / 1e3) for b, ms in r.hf["decode"].items()}
         name = f"{r.size} ({r.params / 1e6:.0f}M)"
@@ -182,7 +139,7 @@ def table(rows: list[Row], bw: float, gf: float, args) -> str:
     return "\n".join(out)
 
 
-def plot(rows: list[Row], bw: float, gf: float, args, path: Path) -> None:
+def plot(rows: list[Row], roof: roofline.Roofline, args, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -195,8 +152,7 @@ def plot(rows: list[Row], bw: float, gf: float, args, path: Path) -> None:
             dec = {d["batch"]: d["tokens_per_s"] for d in r.llmirc[level]["decode"]}
             ax.plot(bs, [dec[b] for b in bs], "o-", label=f"llmirc -O{level}")
         ax.plot(bs, [b / (r.hf["decode"][b] / 1e3) for b in bs], "s-", label="transformers (eager)")
-        roof = [min(b * bw * 1e9 / r.weight_bytes, gf * 1e9 / (2 * r.params)) for b in bs]
-        ax.plot(bs, roof, "k--", label="roofline")
+        ax.plot(bs, [roof.decode_tokens_per_s(r.weight_bytes, b, r.params) for b in bs], "k--", label="roofline")
         ax.set(title=f"{r.size} ({r.params / 1e6:.0f}M params, f32)", xlabel="batch size", ylabel="decode tokens/s",
                xscale="log", yscale="log")
         ax.set_xticks(bs, [str(b) for b in bs])
@@ -216,22 +172,20 @@ def main() -> None:
     ap.add_argument("--no-docs", action="store_true")
     args = ap.parse_args()
     args.levels = [int(x) for x in args.levels.split(",")]
-    bw, gf = read_bandwidth_gbs(args.threads), sgemm_gflops()
-    print(f"roofline inputs: read {bw:.1f} GB/s, sgemm {gf:.0f} GFLOP/s", flush=True)
+    roof = roofline.measure(args.threads)
+    print(f"roofline inputs: {roof.describe()}", flush=True)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes.split(","):
             rows.append(run_size(size, args, Path(tmp)))
-    text = table(rows, bw, gf, args)
+    text = table(rows, roof, args)
     print(text)
     if not args.no_docs:
         (ROOT / "benchmarks" / "results").mkdir(exist_ok=True)
         (ROOT / "benchmarks" / "results" / "compare.json").write_text(json.dumps(
-            {"read_gbs": bw, "sgemm_gflops": gf, "rows": [r.__dict__ for r in rows]}, indent=1, default=str))
-        plot(rows, bw, gf, args, ROOT / "docs" / "performance-decode.png")
-        (ROOT / "docs" / "performance.md").write_text(
-            "# Performance: llmirc vs transformers vs the roofline\n\nWritten by `benchmarks/compare.py`.\n\n"
-            + text + "\n\n![decode tokens/s vs batch](performance-decode.png)\n")
+            {"roofline": roof.__dict__, "rows": [r.__dict__ for r in rows]}, indent=1, default=str))
+        plot(rows, roof, args, ROOT / "docs" / "performance-decode.png")
+        write_doc_section(ROOT / "docs" / "performance.md", "compare", text)
         print("wrote docs/performance.md, docs/performance-decode.png, benchmarks/results/compare.json")
 
 

@@ -21,80 +21,20 @@ perplexity (llmirc/testing/accuracy.py).
 from __future__ import annotations
 
 import argparse
-import concurrent.futures
-import json
 import re
-import statistics
 import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-
 from llmirc.compiler import CompileOptions, compile_checkpoint
-from llmirc.runtime import Engine
-from llmirc.testing.checkpoints import CheckpointSpec, _config, write_tokenizer
-from llmirc.frontend.llama import weight_shapes
+from llmirc.runtime import roofline
+from llmirc.runtime.bench import StepTimer, round_robin
+from llmirc.testing.checkpoints import PRESETS, make_large_checkpoint, n_params
 
-SIZES = {
-    # TinyLlama-1.1B's shape: 22 layers x 44.0M + 2 x 65.5M embeddings/head = 1.10B parameters
-    "1b": CheckpointSpec(layers=22, hidden=2048, heads=32, kv_heads=4, intermediate=5632, vocab=32000,
-                         max_seq_len=512, seed=0),
-    "small": CheckpointSpec(layers=4, hidden=512, heads=8, kv_heads=4, intermediate=1408, vocab=4096,
-                            max_seq_len=256, seed=0),
-}
+from docs_section import write_doc_section
+
 PRECISIONS = {"f32": {}, "f16": {"dtype": "f16"}, "int8": {"quantize": "int8"}, "int4": {"quantize": "int4"}}
 DOC = Path(__file__).resolve().parent.parent / "docs" / "quantization.md"
-
-
-def n_params(spec: CheckpointSpec) -> int:
-    return sum(int(np.prod(s)) for s in weight_shapes(_config(spec)).values())
-
-
-def write_checkpoint(directory: Path, spec: CheckpointSpec) -> Path:
-    """model.safetensors written one tensor at a time (normal(0, 0.02) matrices, norms near 1)."""
-    directory.mkdir(parents=True, exist_ok=True)
-    shapes = weight_shapes(_config(spec))
-    header, offset = {}, 0
-    for name, shape in shapes.items():
-        size = int(np.prod(shape)) * 4
-        header[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [offset, offset + size]}
-        offset += size
-    header["__metadata__"] = {"format": "pt"}
-    raw = json.dumps(header).encode()
-    raw += b" " * (-len(raw) % 8)
-    rng = np.random.default_rng(spec.seed)
-    with open(directory / "model.safetensors", "wb") as f:
-        f.write(len(raw).to_bytes(8, "little") + raw)
-        for name, shape in shapes.items():
-            if name.endswith("norm.weight"):
-                w = 1.0 + 0.1 * rng.standard_normal(shape, dtype=np.float32)
-            else:
-                w = rng.standard_normal(shape, dtype=np.float32)
-                w *= np.float32(0.02)
-            f.write(np.ascontiguousarray(w, np.float32).tobytes())
-            del w
-    (directory / "config.json").write_text(json.dumps(spec.hf_config(), indent=2))
-    write_tokenizer(directory, spec.vocab)
-    return directory
-
-
-def read_bandwidth(nbytes: int = 1 << 30, threads: int = 2, reps: int = 5) -> tuple[float, float]:
-    """Streaming-read bandwidth in bytes/s over a 1 GiB f32 buffer, best of `reps`, two ways:
-    `threads` numpy sums over parts of it, and a matrix-vector product (BLAS, its own threads)."""
-    a = np.ones(nbytes // 4, np.float32)
-    parts = np.array_split(a, threads)
-    best_sum = best_gemv = float("inf")
-    matrix, v = a.reshape(-1, 4096), np.ones(4096, np.float32)
-    with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            list(pool.map(np.sum, parts))
-            best_sum = min(best_sum, time.perf_counter() - t0)
-            t0 = time.perf_counter()
-            matrix @ v
-            best_gemv = min(best_gemv, time.perf_counter() - t0)
-    return a.nbytes / best_sum, a.nbytes / best_gemv
 
 
 def decode_bytes(artifact: Path) -> int:
@@ -105,40 +45,15 @@ def decode_bytes(artifact: Path) -> int:
                if not name.startswith("model.embed_tokens.weight"))
 
 
-class Timer:
-    def __init__(self, artifact: Path, prompt: int, steps: int):
-        t0 = time.perf_counter()
-        self.engine = Engine(artifact, num_pages=2 + (prompt + steps) // 16 + 1, verify_checksums=False)
-        self.load_s = time.perf_counter() - t0
-        self.prompt, self.steps = prompt, steps
-        pages = -(-(prompt + steps) // self.engine.page_size)
-        self.table = np.arange(1, 1 + pages, dtype=np.int64)[None]
-        self.prefill_s: list[float] = []
-        self.decode_s: list[float] = []
-
-    def run_once(self) -> None:
-        tokens = (np.arange(3, 3 + self.prompt, dtype=np.int64) % 1000)[None]
-        t0 = time.perf_counter()
-        logits = self.engine.prefill(tokens, np.array([self.prompt], np.int64), self.table)
-        self.prefill_s.append(time.perf_counter() - t0)
-        pos = np.array([self.prompt], np.int64)
-        for _ in range(self.steps):
-            t0 = time.perf_counter()
-            logits = self.engine.decode(logits.argmax(-1).astype(np.int64), pos, self.table)
-            self.decode_s.append(time.perf_counter() - t0)
-            pos += 1
-
-
 def speed(args, tmp: Path) -> str:
-    spec = SIZES[args.size]
+    spec = PRESETS[args.size]
     t0 = time.perf_counter()
-    ckpt = write_checkpoint(tmp / "ckpt", spec)
+    ckpt = make_large_checkpoint(tmp / "ckpt", spec)
     print(f"wrote a {n_params(spec) / 1e9:.2f}B-parameter checkpoint in {time.perf_counter() - t0:.0f} s",
           flush=True)
-    bw_sum, bw_gemv = read_bandwidth()
-    bw = max(bw_sum, bw_gemv)
-    print(f"streaming read: {bw_sum / 1e9:.1f} GB/s (numpy sum, 2 threads), {bw_gemv / 1e9:.1f} GB/s (gemv)",
-          flush=True)
+    machine = roofline.measure(threads=2)
+    bw_sum, bw_gemv, bw = machine.read_sum_bps, machine.read_gemv_bps, machine.read_bps
+    print(machine.describe(), flush=True)
     rows, timers = {}, {}
     for name in args.precisions.split(","):
         t0 = time.perf_counter()
@@ -147,17 +62,12 @@ def speed(args, tmp: Path) -> str:
         compile_s = time.perf_counter() - t0
         rows[name] = {"compile_s": compile_s, "irpa": (art / "model.irpa").stat().st_size,
                       "decode_bytes": decode_bytes(art)}
-        timers[name] = Timer(art, args.prompt, args.steps)
+        timers[name] = StepTimer(art, args.prompt, args.steps)
         print(f"{name}: compiled in {compile_s:.0f} s, {rows[name]['irpa'] / 1e9:.2f} GB, loaded in "
               f"{timers[name].load_s:.1f} s", flush=True)
-    for t in timers.values():  # warm-up
-        t.run_once()
-        t.prefill_s.clear(), t.decode_s.clear()
-    for _ in range(args.reps):
-        for t in timers.values():
-            t.run_once()
-    dec = {n: 1 / statistics.median(t.decode_s) for n, t in timers.items()}
-    pre = {n: args.prompt / statistics.median(t.prefill_s) for n, t in timers.items()}
+    round_robin(timers, args.reps)
+    dec = {n: t.decode_tokens_per_s() for n, t in timers.items()}
+    pre = {n: t.prefill_tokens_per_s() for n, t in timers.items()}
 
     def vs_f32(values: dict, name: str) -> str:
         return f"{values[name] / values['f32']:.2f}" if "f32" in values else "-"
@@ -211,19 +121,9 @@ def accuracy_table(tmp: Path) -> str:
     return "\n".join(lines)
 
 
-def write_doc_section(tag: str, table: str) -> None:
-    text = DOC.read_text()
-    begin, end = f"<!-- {tag}:begin -->", f"<!-- {tag}:end -->"
-    if begin not in text:
-        raise SystemExit(f"{DOC} has no {begin} marker")
-    head, rest = text.split(begin, 1)
-    DOC.write_text(head + begin + "\n" + table + "\n" + end + rest.split(end, 1)[1])
-    print(f"wrote the {tag} table into {DOC}")
-
-
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--size", choices=list(SIZES), default="1b")
+    ap.add_argument("--size", choices=list(PRESETS), default="1b")
     ap.add_argument("--precisions", default="f32,f16,int8,int4")
     ap.add_argument("--prompt", type=int, default=32)
     ap.add_argument("--steps", type=int, default=8)
@@ -239,12 +139,12 @@ def main() -> None:
             table = speed(args, Path(tmp))
             print(table, flush=True)
             if args.write_docs:
-                write_doc_section(f"speed-{args.size}", table)
+                write_doc_section(DOC, f"speed-{args.size}", table)
         if args.accuracy:
             table = accuracy_table(Path(tmp))
             print(table, flush=True)
             if args.write_docs:
-                write_doc_section("accuracy", table)
+                write_doc_section(DOC, "accuracy", table)
         print(f"total {time.perf_counter() - t0:.0f} s")
 
 

@@ -125,7 +125,8 @@ def compile_checkpoint(opts: CompileOptions, progress: Progress | None = _stderr
 
     t = stage(f"lower to IREE input (attention: {target.attention})")
     iree_input = target.module_text(lower_to_iree(model.module, attention=target.attention, buckets=buckets,
-                                                  tile=target.systolic_tile, backend=_backend(target)))
+                                                  tile=target.systolic_tile, backend=_backend(target),
+                                                  decode_batches=target.decode_batches(opts.opt_level)))
     result.stage_seconds["lower"] = time.perf_counter() - t
     if opts.emit == "iree-input":
         write_atomic(opts.output, iree_input)
@@ -144,7 +145,7 @@ def compile_checkpoint(opts: CompileOptions, progress: Progress | None = _stderr
                                                     stored_transposed(model.module)),
         tokenizer_files=model.tokenizer_files(),
         model=model.config.summary(), target=_target_record(target, opts.opt_level, buckets),
-        entry_points=_entry_points(target, buckets),
+        entry_points=_entry_points(target, buckets, target.decode_batches(opts.opt_level)),
         opt_level=opts.opt_level, kv={"page_size": page_size, "dtype": "f32"},
         compiler={"llmirc": __version__, "iree": _iree_version(), "weights": _weights_record(opts, quant)},
         source={"checkpoint": str(opts.checkpoint)})
@@ -216,9 +217,10 @@ def _bucket_spec(t: TargetProfile, spec: str | None):
     return Buckets.parse(spec, t.buckets) if spec else (t.buckets or Buckets())
 
 
-def _entry_points(t: TargetProfile, buckets: dict | None) -> dict | None:
-    """Manifest entry_points: the ABI v1 signatures, with the index type and static functions."""
-    if t.index_dtype == "i64" and not buckets:
+def _entry_points(t: TargetProfile, buckets: dict | None, decode_batches: tuple[int, ...] = ()) -> dict | None:
+    """Manifest entry_points: the ABI v1 signatures, with the index type, the static functions
+    and the static-batch decode functions (`decode.batch_functions`, batch -> name)."""
+    if t.index_dtype == "i64" and not buckets and not decode_batches:
         return None
     from .artifacts.manifest import DEFAULT_ENTRY_POINTS
     from .lowering.to_iree import static_entry_points
@@ -227,6 +229,8 @@ def _entry_points(t: TargetProfile, buckets: dict | None) -> dict | None:
     if buckets:
         for name, specs in static_entry_points(buckets).items():
             eps[name]["functions"] = [export for export, _ in specs]
+    if decode_batches:
+        eps["decode"]["batch_functions"] = {str(b): f"decode_b{b}" for b in decode_batches}
     return eps
 
 

@@ -41,7 +41,7 @@ _HINTS = {
 
 
 def lower_to_iree(module: ir.Module, *, attention: str = "decomposed", buckets: dict | None = None,
-                  tile: int | None = None, backend: str | None = None) -> str:
+                  tile: int | None = None, backend: str | None = None, decode_batches: tuple[int, ...] = ()) -> str:
     """IREE input MLIR text for a paged llm module (see the module docstring for the ABI).
 
     attention: "decomposed" (Q.K^T contraction + linalg.softmax + P.V contraction; the
@@ -53,12 +53,16 @@ def lower_to_iree(module: ir.Module, *, attention: str = "decomposed", buckets: 
     backend: the IREE codegen backend ("llvm-cpu" selects the CPU tiles of lowering/quantized.py).
     tile: pad the K and N dims of every linear's matmul to a multiple of `tile` and M to 8
     (systolic-array targets; llmirc/lowering/systolic.py).
+    decode_batches: dynamic-shape targets also export `decode_b{B}` for each B here: `decode`
+    with the batch static and everything else dynamic. A static M lets IREE pick narrow
+    matmul tiles; with a dynamic batch, data tiling pads M to a full tile (8-16 rows) and
+    batch-1 decode wastes that much compute (docs/performance.md).
     Raises LoweringError naming the op and its location for anything that cannot be lowered.
     """
     if attention not in STRATEGIES:
         raise LoweringError(f"unknown attention strategy {attention!r} (choose from {', '.join(STRATEGIES)})")
     return _ModuleLowering(module, {"attention": attention, "buckets": buckets, "tile": tile,
-                                    "backend": backend}).run()
+                                    "backend": backend, "decode_batches": decode_batches}).run()
 
 
 def static_entry_points(buckets: dict) -> dict[str, list[tuple[str, dict[str, int]]]]:
@@ -99,6 +103,8 @@ class _ModuleLowering:
                       for name, op in self.fns.items() for export, dims in specs[name]]
         else:
             bodies = [self._function(name, op) for name, op in self.fns.items()]
+            bodies += [self._function("decode", self.fns["decode"], f"decode_b{b}", {"B": b})
+                       for b in self.options.get("decode_batches", ()) if "decode" in self.fns]
         lines = ["module {"]
         for name, (sym, t) in self.globals.items():
             lines.append(f"  util.global private {sym} = #stream.parameter.named<"
@@ -144,7 +150,8 @@ class _ModuleLowering:
 
     def _function(self, fname: str, func: ir.Operation, export: str | None = None,
                   static: dict[str, int] | None = None) -> list[str]:
-        """One func.func; `static` (bucket dims B, T, P, N) makes every argument shape static."""
+        """One func.func; `static` (bucket dims B, T, P, N) makes those argument dims static
+        (all of them for a static-shape bucket; only B for a decode_batches function)."""
         self._loads = {}
         e = Emitter(self.counter)
         e.tile = self.options.get("tile")
@@ -156,7 +163,7 @@ class _ModuleLowering:
             t = from_mlir(arg.type)
             name = f"%arg{i}"
             if isinstance(t, PagedKVCacheT):
-                shape = ((static["N"],) if static else (None,)) + t.pool_shape(1)[1:]
+                shape = ((static or {}).get("N"),) + t.pool_shape(1)[1:]
                 origin[name] = i
             elif isinstance(t, TensorT):
                 shape = t.shape
@@ -235,7 +242,7 @@ def _static_shape(fname: str, i: int, shape: tuple, dims: dict[str, int]) -> tup
     names = _STATIC_ARGS.get(fname, ())
     if i >= len(names) or len(names[i]) != len(shape):
         raise LoweringError(f"function @{fname}: argument {i} has no static shape in the paged-KV ABI")
-    out = tuple(dims[n] for n in names[i])
+    out = tuple(dims.get(n, have) for n, have in zip(names[i], shape))  # a dim not in `dims` stays as it is
     for have, want in zip(shape, out):
         if have is not None and have != want:
             raise LoweringError(f"function @{fname}: argument {i} has static size {have}, bucket needs {want}")

@@ -127,3 +127,53 @@ def format_report(r: BenchReport) -> str:
     lines.append(f"memory      peak RSS {r.peak_rss_mib:.0f} MiB; pool {r.pool_pages} pages ({r.pool_mib:.1f} MiB), "
                  f"at most {r.pool_pages_used} in use")
     return "\n".join(lines)
+
+
+class StepTimer:
+    """Batch-1 prefill of `prompt` tokens then `steps` greedy decode steps, one artifact.
+
+    Benchmarks that compare artifacts (O-levels, weight precisions) call `run_once` on each
+    in turn, repetition by repetition, so background load hits every artifact alike.
+    """
+
+    def __init__(self, artifact: Path, prompt: int, steps: int):
+        t0 = time.perf_counter()
+        self.engine = Engine(artifact, num_pages=2 + (prompt + steps) // 16 + 1, verify_checksums=False)
+        self.load_s = time.perf_counter() - t0
+        self.prompt, self.steps = prompt, steps
+        pages = -(-(prompt + steps) // self.engine.page_size)
+        self.table = np.arange(1, 1 + pages, dtype=np.int64)[None]
+        self.prefill_s: list[float] = []
+        self.decode_s: list[float] = []  # one entry per step
+
+    def run_once(self) -> None:
+        tokens = (np.arange(3, 3 + self.prompt, dtype=np.int64) % 1000)[None]
+        t0 = time.perf_counter()
+        logits = self.engine.prefill(tokens, np.array([self.prompt], np.int64), self.table)
+        self.prefill_s.append(time.perf_counter() - t0)
+        pos = np.array([self.prompt], np.int64)
+        for _ in range(self.steps):
+            t0 = time.perf_counter()
+            logits = self.engine.decode(logits.argmax(-1).astype(np.int64), pos, self.table)
+            self.decode_s.append(time.perf_counter() - t0)
+            pos += 1
+
+    def clear(self) -> None:
+        self.prefill_s.clear()
+        self.decode_s.clear()
+
+    def prefill_tokens_per_s(self) -> float:
+        return self.prompt / statistics.median(self.prefill_s)
+
+    def decode_tokens_per_s(self) -> float:
+        return 1 / statistics.median(self.decode_s)
+
+
+def round_robin(timers: dict, reps: int) -> None:
+    """One warm-up pass, then `reps` passes over every timer in turn."""
+    for t in timers.values():
+        t.run_once()
+        t.clear()
+    for _ in range(reps):
+        for t in timers.values():
+            t.run_once()

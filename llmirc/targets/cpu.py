@@ -32,4 +32,4 @@ def cpu_profile(variant: str) -> TargetProfile:
     # failed to compile ("operations with large vector sizes"), so neither is used.
     return TargetProfile("cpu", variant, "local", "local-task", tuple(flags), dtypes=("f32", "f16", "bf16"),
                          quantize=("int8", "int4"), attention="decomposed", notes=note,
-                         o3_flags=("--iree-opt-data-tiling=true",))
+                         o3_flags=("--iree-opt-data-tiling=true",), o3_decode_batches=(1, 4))

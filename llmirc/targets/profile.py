@@ -93,6 +93,11 @@ class TargetProfile:
     index_dtype: str = "i64"  # element type of tokens/positions/block tables at the module ABI
     buckets: Buckets | None = None  # static-shape targets: the default compile-time buckets
     systolic_tile: int | None = None  # pad matmul K and N to this, M to 8 (systolic-array targets)
+    # -O3 on dynamic-shape targets: batch sizes that also get a static-batch `decode_b{B}`.
+    o3_decode_batches: tuple[int, ...] = ()
+
+    def decode_batches(self, opt_level: int) -> tuple[int, ...]:
+        return self.o3_decode_batches if opt_level >= 3 and not self.static_shapes else ()
 
     @property
     def full_name(self) -> str:

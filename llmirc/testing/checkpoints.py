@@ -58,6 +58,23 @@ class CheckpointSpec:
         return cfg | self.extra_config
 
 
+# Benchmark models (random weights, Llama shape). "1b" is TinyLlama-1.1B's shape:
+# 22 layers x 44.0M + 2 x 65.5M embeddings/head = 1.10B parameters.
+PRESETS: dict[str, CheckpointSpec] = {
+    "small": CheckpointSpec(layers=4, hidden=256, heads=8, kv_heads=4, intermediate=688, vocab=2048,
+                            max_seq_len=512, seed=0),
+    # 12 layers x 7.1M + 2 x 8192 x 768 embeddings/head = 97.6M
+    "100m": CheckpointSpec(layers=12, hidden=768, heads=12, kv_heads=4, intermediate=2048, vocab=8192,
+                           max_seq_len=512, seed=0),
+    "1b": CheckpointSpec(layers=22, hidden=2048, heads=32, kv_heads=4, intermediate=5632, vocab=32000,
+                         max_seq_len=512, seed=0),
+}
+
+
+def n_params(spec: CheckpointSpec) -> int:
+    return sum(int(np.prod(s)) for s in weight_shapes(_config(spec)).values())
+
+
 def _config(spec: CheckpointSpec) -> LlamaConfig:
     return LlamaConfig(vocab_size=spec.vocab, hidden_size=spec.hidden, intermediate_size=spec.intermediate,
                        num_layers=spec.layers, num_heads=spec.heads, num_kv_heads=spec.kv_heads,
@@ -133,6 +150,38 @@ def make_checkpoint(directory: str | Path, spec: CheckpointSpec | None = None,
         (directory / "model.safetensors.index.json").write_text(json.dumps(
             {"metadata": {"total_size": int(sum(w.nbytes for w in weights.values()))},
              "weight_map": weight_map}, indent=2))
+    write_tokenizer(directory, spec.vocab)
+    (directory / "llmirc-spec.json").write_text(json.dumps(asdict(spec), indent=2))
+    return directory
+
+
+def make_large_checkpoint(directory: str | Path, spec: CheckpointSpec) -> Path:
+    """An f32 model.safetensors written one tensor at a time, so a 1B model never sits in
+    memory twice (make_checkpoint builds every array first). Same distributions as
+    random_weights, different draws."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    shapes = weight_shapes(_config(spec))
+    header, offset = {}, 0
+    for name, shape in shapes.items():
+        size = int(np.prod(shape)) * 4
+        header[name] = {"dtype": "F32", "shape": list(shape), "data_offsets": [offset, offset + size]}
+        offset += size
+    header["__metadata__"] = {"format": "pt"}
+    raw = json.dumps(header).encode()
+    raw += b" " * (-len(raw) % 8)
+    rng = np.random.default_rng(spec.seed)
+    with open(directory / "model.safetensors", "wb") as f:
+        f.write(len(raw).to_bytes(8, "little") + raw)
+        for name, shape in shapes.items():
+            if name.endswith("norm.weight"):
+                w = 1.0 + 0.1 * rng.standard_normal(shape, dtype=np.float32)
+            else:
+                w = rng.standard_normal(shape, dtype=np.float32)
+                w *= np.float32(0.1 if "embed" in name else 0.02)
+            f.write(np.ascontiguousarray(w, np.float32).tobytes())
+            del w
+    (directory / "config.json").write_text(json.dumps(spec.hf_config(), indent=2))
     write_tokenizer(directory, spec.vocab)
     (directory / "llmirc-spec.json").write_text(json.dumps(asdict(spec), indent=2))
     return directory
