@@ -108,16 +108,19 @@ def paged_append_kv(e: Emitter, op: LOp) -> list[TV]:
 
 # ---- reads -----------------------------------------------------------------------------
 
-def gather_pages(e: Emitter, pool: TV, bt: TV, layer: int, kv: int, dtype: str) -> TV:
-    """K or V of `layer` for every row through the block tables: [B, S, KH, D], S = P * block_size.
+def gather_pages(e: Emitter, pool: TV, bt: TV, layer: int, kv: int, dtype: str, head_major: bool = False) -> TV:
+    """K or V of `layer` for every row through the block tables: [B, S, KH, D], S = P * block_size,
+    or with `head_major` [B * KH, S, D] (the batch-matmul operand of decomposed attention).
 
     One loop per page of the block table (the table is an input indexed like the loops, so
-    no division), copying contiguous [block_size, KH, D] runs of the pool. A block-table
-    entry outside the pool reads the scratch page.
+    no division), copying contiguous runs of the pool. A block-table entry outside the pool
+    reads the scratch page.
     """
     num_pages, _, bs, kh, d = _pool_dims(pool)
     b_, p_ = bt.dims
-    out = e.empty((b_, p_, bs, kh, d), dtype)
+    # loops (b, p, slot, h, d), or (b, h, p, slot, d) head-major
+    out = e.empty((b_, kh, p_, bs, d) if head_major else (b_, p_, bs, kh, d), dtype)
+    i_p, i_slot, i_h = (2, 3, 1) if head_major else (1, 2, 3)
     last_page = e.v(f"arith.subi {e.dim_value(num_pages)}, {e.idx(1)} : index")
     c_layer, c_kv = e.opaque(layer), e.opaque(kv)  # runtime values: one executable serves every layer
 
@@ -126,12 +129,12 @@ def gather_pages(e: Emitter, pool: TV, bt: TV, layer: int, kv: int, dtype: str) 
         bad = e.v(f"arith.ori {e.v(f'arith.cmpi slt, {page}, {e.idx(0)} : index')}, "
                   f"{e.v(f'arith.cmpi sgt, {page}, {last_page} : index')} : i1")
         page = e.v(f"arith.select {bad}, {e.idx(0)}, {page} : index")
-        slot, h, dd = e.index(2), e.index(3), e.index(4)
+        slot, h, dd = e.index(i_slot), e.index(i_h), e.index(4)
         val = e.v(f"tensor.extract {pool.name}[{page}, {c_layer}, {c_kv}, {slot}, {h}, {dd}] : {pool.type}")
         return [_to_dtype(e, val, pool.dtype, dtype)]
 
-    pages = e.generic(5, [(bt, ["d0", "d1"])], [(out, identity(5))], body)[0]
-    return e.collapse(pages, [[0], [1, 2], [3], [4]])
+    pages = e.generic(5, [(bt, ["d0", f"d{i_p}"])], [(out, identity(5))], body)[0]
+    return e.collapse(pages, [[0, 1], [2, 3], [4]] if head_major else [[0], [1, 2], [3], [4]])
 
 
 @lowering("paged_attention")
@@ -148,17 +151,22 @@ def paged_attention(e: Emitter, op: LOp) -> list[TV]:
     # q [B, T, NH, D] -> [B, T, KH, G, D] -> [B, KH, G, T, D] -> [B, KH, G*T, D]: one matrix per KV head
     q5 = e.expand(q, [[0], [1], [2, 3], [4]], (b_, t_, kh, g, hd))
     q4 = e.collapse(e.transpose(q5, [0, 2, 3, 1, 4]), [[0], [1], [2, 3], [4]])
-    k = gather_pages(e, pool, bt, layer, 0, ft)  # [B, S, KH, D]
-    v = gather_pages(e, pool, bt, layer, 1, ft)
-    s_ = k.dims[1]
-
     if strategy == "decomposed":
-        scores = _contract(e, q4, k, (b_, kh, q4.dims[2], s_), ["d0", "d1", "d2", "d4"], ["d0", "d3", "d1", "d4"])
-        scores5 = e.expand(scores, [[0], [1], [2, 3], [4]], (b_, kh, g, t_, s_))
-        probs = e.collapse(softmax_last(e, _mask_scores(e, scores5, pos, scale)), [[0], [1], [2, 3], [4]])
-        out4 = _contract(e, probs, v, (b_, kh, q4.dims[2], hd), ["d0", "d1", "d2", "d4"], ["d0", "d4", "d1", "d3"])
+        # Two batch matmuls over B*KH: IREE tiles and vectorizes named batch matmuls well, and
+        # a contraction generic with every parallel dim static (decode_b{B}) failed to compile
+        # ("large vector sizes") or ran as 2 workgroups (docs/performance.md).
+        k = gather_pages(e, pool, bt, layer, 0, ft, head_major=True)  # [B*KH, S, D]
+        v = gather_pages(e, pool, bt, layer, 1, ft, head_major=True)
+        s_ = k.dims[1]
+        q3 = e.collapse(q4, [[0, 1], [2], [3]])  # [B*KH, G*T, D]
+        scores = _batch_matmul(e, q3, k, transpose_b=True)  # [B*KH, G*T, S]
+        scores5 = e.expand(scores, [[0, 1], [2, 3], [4]], (b_, kh, g, t_, s_))
+        probs = e.collapse(softmax_last(e, _mask_scores(e, scores5, pos, scale)), [[0, 1], [2, 3], [4]])
+        out4 = e.expand(_batch_matmul(e, probs, v), [[0, 1], [2], [3]], (b_, kh, q4.dims[2], hd))
     else:
-        mask = e.collapse(_additive_mask(e, pos, (b_, kh, g, t_, s_), ft), [[0], [1], [2, 3], [4]])
+        k = gather_pages(e, pool, bt, layer, 0, ft)  # [B, S, KH, D]
+        v = gather_pages(e, pool, bt, layer, 1, ft)
+        mask = e.collapse(_additive_mask(e, pos, (b_, kh, g, t_, k.dims[1]), ft), [[0], [1], [2, 3], [4]])
         out4 = _fused_attention(e, q4, k, v, mask, scale)
 
     # [B, KH, G*T, D] -> [B, KH, G, T, D] -> [B, T, KH, G, D] with padding rows zeroed -> [B, T, NH, D]
@@ -176,15 +184,17 @@ def paged_attention(e: Emitter, op: LOp) -> list[TV]:
     return [e.collapse(y, [[0], [1], [2, 3], [4]])]
 
 
-def _contract(e: Emitter, a: TV, b: TV, dims, a_map, b_map) -> TV:
-    """out[d0, d1, d2, d3] = sum_d4 a[a_map] * b[b_map] (batch dims d0, d1; reduction d4)."""
+def _batch_matmul(e: Emitter, a: TV, b: TV, transpose_b: bool = False) -> TV:
+    """linalg.batch_matmul: a [N, M, K] x b [N, K, M'] (or [N, M', K] with transpose_b) -> [N, M, M']."""
     ft = a.dtype
-    acc = e.filled(dims, ft, 0.0)
-
-    def body(x):
-        return [e.v(f"arith.addf {e.v(f'arith.mulf {x[0]}, {x[1]} : {ft}')}, {x[2]} : {ft}")]
-
-    return e.generic(5, [(a, a_map), (b, b_map)], [(acc, ["d0", "d1", "d2", "d3"])], body, reductions=(4,))[0]
+    acc = e.filled((a.dims[0], a.dims[1], b.dims[1] if transpose_b else b.dims[2]), ft, 0.0)
+    maps = ""
+    if transpose_b:
+        maps = "indexing_maps = [" + ", ".join(affine_map(4, ex) for ex in (
+            ["d0", "d1", "d3"], ["d0", "d2", "d3"], ["d0", "d1", "d2"])) + "] "
+    name = e.v(f"linalg.batch_matmul {maps}ins({a.name}, {b.name} : {a.type}, {b.type}) "
+               f"outs({acc.name} : {acc.type}) -> {acc.type}", "bmm")
+    return TV(name, acc.dims, ft)
 
 
 def _visible(e: Emitter, s_loop: int, p: str, pos_dtype: str) -> str:

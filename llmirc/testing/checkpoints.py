@@ -63,7 +63,7 @@ class CheckpointSpec:
 PRESETS: dict[str, CheckpointSpec] = {
     "small": CheckpointSpec(layers=4, hidden=256, heads=8, kv_heads=4, intermediate=688, vocab=2048,
                             max_seq_len=512, seed=0),
-    # 12 layers x 7.1M + 2 x 8192 x 768 embeddings/head = 97.6M
+    # 12 layers x 6.29M + 2 x 8192 x 768 embeddings/head = 88.1M
     "100m": CheckpointSpec(layers=12, hidden=768, heads=12, kv_heads=4, intermediate=2048, vocab=8192,
                            max_seq_len=512, seed=0),
     "1b": CheckpointSpec(layers=22, hidden=2048, heads=32, kv_heads=4, intermediate=5632, vocab=32000,

@@ -6,17 +6,12 @@ import json
 import shutil
 
 import pytest
-from click.testing import CliRunner
 
-from llmirc.cli import main
-
-
-def _run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
+from tests.cli import assert_one_error, run_cli
 
 
 def test_run_prompt_ids_json(cpu_artifact):
-    res = _run("run", cpu_artifact / "model.vmfb", "--prompt-ids", "1,5,9", "--prompt-ids", "1,7",
+    res = run_cli("run", cpu_artifact / "model.vmfb", "--prompt-ids", "1,5,9", "--prompt-ids", "1,7",
                "--max-tokens", "5", "--json")
     assert res.exit_code == 0, res.stderr
     out = json.loads(res.stdout)
@@ -24,34 +19,26 @@ def test_run_prompt_ids_json(cpu_artifact):
 
 
 def test_run_text_prompt_streams(cpu_artifact):
-    res = _run("run", cpu_artifact, "--prompt", "the compiler", "--max-tokens", "4")
+    res = run_cli("run", cpu_artifact, "--prompt", "the compiler", "--max-tokens", "4")
     assert res.exit_code == 0, res.stderr
     assert res.stdout.strip()
 
 
 def test_inspect_words_and_json(cpu_artifact):
-    res = _run("inspect", cpu_artifact)
+    res = run_cli("inspect", cpu_artifact)
     assert res.exit_code == 0 and "cpu" in res.stdout and "page" in res.stdout.lower()
-    data = json.loads(_run("inspect", cpu_artifact, "--json").stdout)
+    data = json.loads(run_cli("inspect", cpu_artifact, "--json").stdout)
     assert data["abi_version"] == 1 and data["kv"]["page_size"] == 8
     assert set(data["files"]) >= {"model.vmfb", "model.irpa", "tokenizer.json"}
 
 
-def _one_error(res, *needles):
-    assert res.exit_code == 1, res.output
-    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
-    for n in needles:
-        assert n in lines[0], lines[0]
-
-
 def test_prompt_longer_than_model_maximum(cpu_artifact):
     ids = ",".join(["5"] * 200)  # the tiny model's max_seq_len is 128
-    _one_error(_run("run", cpu_artifact, "--prompt-ids", ids), "128")
+    assert_one_error(run_cli("run", cpu_artifact, "--prompt-ids", ids), "128")
 
 
 def test_page_pool_exhausted(cpu_artifact):
-    _one_error(_run("run", cpu_artifact, "--prompt-ids", ",".join(["5"] * 40), "--num-pages", "3",
+    assert_one_error(run_cli("run", cpu_artifact, "--prompt-ids", ",".join(["5"] * 40), "--num-pages", "3",
                     "--max-tokens", "8"), "--num-pages")
 
 
@@ -95,11 +82,11 @@ def test_broken_artifact_one_clear_error(broken, case, needle):
         (broken / "manifest.json").write_text(json.dumps(m))
     elif case == "no-manifest":
         (broken / "manifest.json").unlink()
-    _one_error(_run("run", broken, "--prompt-ids", "1,2,3", "--max-tokens", "2"), needle)
+    assert_one_error(run_cli("run", broken, "--prompt-ids", "1,2,3", "--max-tokens", "2"), needle)
 
 
 def test_bench_json_report(cpu_artifact):
-    res = _run("bench", cpu_artifact, "--prompt-len", "16", "--decode-steps", "4", "--batch", "1,2", "--reps", "2",
+    res = run_cli("bench", cpu_artifact, "--prompt-len", "16", "--decode-steps", "4", "--batch", "1,2", "--reps", "2",
                "--json")
     assert res.exit_code == 0, res.stderr
     r = json.loads(res.stdout)
@@ -110,4 +97,4 @@ def test_bench_json_report(cpu_artifact):
 
 
 def test_bench_rejects_too_long(cpu_artifact):
-    _one_error(_run("bench", cpu_artifact, "--prompt-len", "120", "--decode-steps", "32"), "exceed")
+    assert_one_error(run_cli("bench", cpu_artifact, "--prompt-len", "120", "--decode-steps", "32"), "exceed")

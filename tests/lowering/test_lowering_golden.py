@@ -51,10 +51,11 @@ COMMON = r"""
 # appended to COMMON: these run inside @decode
 DECOMPOSED = """
 // CHECK-NOT: iree_linalg_ext.attention
-// Q.K^T per KV head, reading K in the pool's [B, S, KH, D] order (reduction over head_dim):
-// CHECK: linalg.generic {indexing_maps = [affine_map<(d0, d1, d2, d3, d4) -> (d0, d1, d2, d4)>, affine_map<(d0, d1, d2, d3, d4) -> (d0, d3, d1, d4)>, affine_map<(d0, d1, d2, d3, d4) -> (d0, d1, d2, d3)>], iterator_types = ["parallel", "parallel", "parallel", "parallel", "reduction"]}
+// K and V are gathered head-major, [B*KH, S, D], for two batch matmuls over B*KH:
+// Q.K^T (K transposed through the indexing map), the masked softmax, then P.V.
+// CHECK: linalg.batch_matmul indexing_maps = [affine_map<(d0, d1, d2, d3) -> (d0, d1, d3)>, affine_map<(d0, d1, d2, d3) -> (d0, d2, d3)>, affine_map<(d0, d1, d2, d3) -> (d0, d1, d2)>] ins(%{{.*}}, %{{.*}} : tensor<?x2x16xf32>, tensor<?x?x16xf32>) outs(%{{.*}} : tensor<?x2x?xf32>)
 // CHECK: linalg.softmax dimension(4)
-// CHECK: linalg.generic {indexing_maps = [affine_map<(d0, d1, d2, d3, d4) -> (d0, d1, d2, d4)>, affine_map<(d0, d1, d2, d3, d4) -> (d0, d4, d1, d3)>
+// CHECK: linalg.batch_matmul ins(%{{.*}}, %{{.*}} : tensor<?x2x?xf32>, tensor<?x?x16xf32>) outs(%{{.*}} : tensor<?x2x16xf32>)
 """
 
 FUSED = """

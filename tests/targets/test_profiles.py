@@ -5,25 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
-from click.testing import CliRunner
 
-from llmirc.cli import main
+from tests.cli import assert_one_error, run_cli
 from llmirc.runtime.engine import DRIVERS_FOR_DEVICE
 from llmirc.targets import TARGETS, Buckets, TargetError, all_profiles, resolve
 
 FAMILIES = {"cpu", "cuda", "rocm", "vulkan", "tpu-like", "metal"}
-
-
-def _run(*args):
-    return CliRunner().invoke(main, [str(a) for a in args])
-
-
-def _one_error(res, *needles):
-    assert res.exit_code == 1, res.output
-    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
-    for n in needles:
-        assert n in lines[0], lines[0]
 
 
 def test_every_family_is_registered_with_its_variants():
@@ -97,11 +84,11 @@ def test_bucket_spec_parsing_and_errors():
 
 
 def test_targets_listing_text_and_json():
-    res = _run("targets")
+    res = run_cli("targets")
     assert res.exit_code == 0
     for name in ("cpu:host", "cuda:sm_90", "rocm:gfx1100", "vulkan:valhall", "tpu-like:host", "metal:macos"):
         assert name in res.stdout
-    data = {r["name"]: r for r in json.loads(_run("targets", "--json").stdout)}
+    data = {r["name"]: r for r in json.loads(run_cli("targets", "--json").stdout)}
     assert set(data) == FAMILIES
     assert data["tpu-like"]["static_shapes"] and data["cuda"]["driver"] == "cuda"
     assert [p["variant"] for p in data["rocm"]["profiles"]] == ["gfx90a", "gfx942", "gfx1100"]
@@ -115,8 +102,8 @@ def test_targets_listing_text_and_json():
     ("cpu:pentium2", "unknown cpu variant 'pentium2'"),
 ])
 def test_unknown_target_or_arch_is_one_clear_error(tiny_checkpoint, tmp_path, target, needle):
-    res = _run("compile", tiny_checkpoint, "--target", target, "-o", tmp_path / "a")
-    _one_error(res, needle)
+    res = run_cli("compile", tiny_checkpoint, "--target", target, "-o", tmp_path / "a")
+    assert_one_error(res, needle)
     assert not (tmp_path / "a").exists()
 
 
@@ -130,14 +117,14 @@ def test_unknown_target_or_arch_is_one_clear_error(tiny_checkpoint, tmp_path, ta
     (["--target", "tpu-like", "--buckets", "len=999"], "prefill length buckets must be in 1..128"),
 ])
 def test_unsupported_option_for_target_is_one_clear_error(tiny_checkpoint, tmp_path, args, needle):
-    res = _run("compile", tiny_checkpoint, "-o", tmp_path / "a", "-q", *args)
-    _one_error(res, needle)
+    res = run_cli("compile", tiny_checkpoint, "-o", tmp_path / "a", "-q", *args)
+    assert_one_error(res, needle)
     assert not (tmp_path / "a").exists()
 
 
 def test_sm_90_iree_input_carries_the_target(tiny_checkpoint, tmp_path):
     out = tmp_path / "sm90.mlir"
-    res = _run("compile", tiny_checkpoint, "--target", "cuda:sm_90", "--emit", "iree-input", "-o", out, "-q")
+    res = run_cli("compile", tiny_checkpoint, "--target", "cuda:sm_90", "--emit", "iree-input", "-o", out, "-q")
     assert res.exit_code == 0, res.stderr
     text = out.read_text()
     assert text.startswith("module attributes {hal.device.targets = [") and "iree_linalg_ext.attention" in text
@@ -145,7 +132,7 @@ def test_sm_90_iree_input_carries_the_target(tiny_checkpoint, tmp_path):
 
 def test_tpu_like_iree_input_is_static_and_padded(tiny_checkpoint, tmp_path):
     out = tmp_path / "tpu.mlir"
-    res = _run("compile", tiny_checkpoint, "--target", "tpu-like", "--emit", "iree-input", "-o", out, "-q",
+    res = run_cli("compile", tiny_checkpoint, "--target", "tpu-like", "--emit", "iree-input", "-o", out, "-q",
                "--buckets", "batch=1,2;len=16,64")
     assert res.exit_code == 0, res.stderr
     text = out.read_text()
