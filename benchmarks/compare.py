@@ -156,6 +156,7 @@ def plot(rows: list[Row], roof: roofline.Roofline, args, path: Path) -> None:
         ax.set(title=f"{r.size} ({r.params / 1e6:.0f}M params, f32)", xlabel="batch size", ylabel="decode tokens/s",
                xscale="log", yscale="log")
         ax.set_xticks(bs, [str(b) for b in bs])
+        ax.minorticks_off()
         ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
