@@ -18,7 +18,7 @@ def describe(m: Manifest) -> str:
         f"[{', '.join(kv.layout)}], page {kv.scratch_page} is scratch",
         "entry      " + "\n           ".join(
             f"{name}({', '.join(sig.get('args', []))}) -> ({', '.join(sig.get('results', []))})"
-            for name, sig in m.entry_points.items()),
+            + _specialised(sig) for name, sig in m.entry_points.items()),
         "files      " + "\n           ".join(f"{name}  sha256 {digest[:16]}…" for name, digest in m.files.items()),
         f"compiler   llmirc {m.compiler.get('llmirc', '?')}, IREE {m.compiler.get('iree', '?')}",
         f"format     manifest v{m.format_version}, ABI v{m.abi_version}",
@@ -30,3 +30,10 @@ def describe(m: Manifest) -> str:
         lines.insert(3, f"buckets    static shapes: batch {b.get('batch')}, prefill lengths {b.get('prefill_len')}, "
                         f"{b.get('pages_per_seq')} pages per sequence, pool of {b.get('num_pages')} pages")
     return "\n".join(lines)
+
+
+def _specialised(sig: dict) -> str:
+    """`; also decode_b1 (batch 1), ...` for -O3's static-batch functions (docs/abi.md)."""
+    fns = sig.get("batch_functions") or {}
+    return ("; also " + ", ".join(f"{f} (batch {b})" for b, f in sorted(fns.items(), key=lambda x: int(x[0])))
+            if fns else "")

@@ -10,6 +10,7 @@ import pytest
 import llmirc
 from llmirc.artifacts.manifest import read_manifest
 from llmirc.runtime import Engine
+from tests.cli import run_cli
 from tests.e2e.conftest import compile_artifact
 from tests.reference import hf_greedy, hf_model
 
@@ -24,6 +25,13 @@ def o3_artifact(tiny_checkpoint, tmp_path_factory):
 def test_manifest_names_the_static_batch_functions(o3_artifact):
     assert read_manifest(o3_artifact).entry_points["decode"]["batch_functions"] == {"1": "decode_b1",
                                                                                     "4": "decode_b4"}
+    res = run_cli("inspect", o3_artifact)
+    assert res.exit_code == 0 and "also decode_b1 (batch 1), decode_b4 (batch 4)" in res.stdout, res.output
+
+
+def test_quantized_artifacts_keep_the_dynamic_decode(tiny_checkpoint, tmp_path):
+    art = compile_artifact(tiny_checkpoint, tmp_path / "q", opt_level=3, page_size=8, quantize="int8")
+    assert "batch_functions" not in read_manifest(art).entry_points["decode"]
 
 
 @pytest.mark.parametrize("batch", [1, 3, 4, 5])  # b1 static, 3 padded to b4, b4 static, 5 dynamic
