@@ -84,7 +84,7 @@ def speed(args, tmp: Path) -> str:
              "| prefill tok/s | x f32 | compile s |",
              "|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, r in rows.items():
-        roof = bw / r["decode_bytes"]
+        roof = machine.decode_tokens_per_s(r["decode_bytes"])
         lines.append(f"| {name} | {r['irpa'] / 1e9:.3f} | {vs_f32(size, name)} | {r['decode_bytes'] / 1e9:.3f} | "
                      f"{roof:.2f} | {dec[name]:.2f} | {vs_f32(dec, name)} | {100 * dec[name] / roof:.0f} % | "
                      f"{pre[name]:.1f} | {vs_f32(pre, name)} | {r['compile_s']:.0f} |")

@@ -124,10 +124,7 @@ def compile_checkpoint(opts: CompileOptions, progress: Progress | None = _stderr
     from .lowering import lower_to_iree
 
     t = stage(f"lower to IREE input (attention: {target.attention})")
-    # Static-batch decode functions are for float weights: the tuned quantized-matmul kernel
-    # (lowering/quantized.py) is faster with a dynamic batch (int8 decode 5.3 vs 2.6 tok/s on
-    # the 1.1B model; docs/quantization.md).
-    decode_batches = target.decode_batches(opts.opt_level) if quant is None else ()
+    decode_batches = target.decode_batches(opts.opt_level, quantized=quant is not None)
     iree_input = target.module_text(lower_to_iree(model.module, attention=target.attention, buckets=buckets,
                                                   tile=target.systolic_tile, backend=_backend(target),
                                                   decode_batches=decode_batches))
@@ -227,14 +224,15 @@ def _entry_points(t: TargetProfile, buckets: dict | None, decode_batches: tuple[
     if t.index_dtype == "i64" and not buckets and not decode_batches:
         return None
     from .artifacts.manifest import DEFAULT_ENTRY_POINTS
-    from .lowering.to_iree import static_entry_points
+    from .lowering.to_iree import batch_decode_entry_points, static_entry_points
 
     eps = json.loads(json.dumps(DEFAULT_ENTRY_POINTS).replace("i64[", f"{t.index_dtype}["))
     if buckets:
         for name, specs in static_entry_points(buckets).items():
             eps[name]["functions"] = [export for export, _ in specs]
     if decode_batches:
-        eps["decode"]["batch_functions"] = {str(b): f"decode_b{b}" for b in decode_batches}
+        eps["decode"]["batch_functions"] = {str(dims["B"]): export
+                                            for export, dims in batch_decode_entry_points(decode_batches)}
     return eps
 
 

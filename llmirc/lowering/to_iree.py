@@ -44,7 +44,7 @@ def lower_to_iree(module: ir.Module, *, attention: str = "decomposed", buckets: 
                   tile: int | None = None, backend: str | None = None, decode_batches: tuple[int, ...] = ()) -> str:
     """IREE input MLIR text for a paged llm module (see the module docstring for the ABI).
 
-    attention: "decomposed" (Q.K^T contraction + linalg.softmax + P.V contraction; the
+    attention: "decomposed" (Q.K^T batch matmul + linalg.softmax + P.V batch matmul; the
     CPU/Vulkan choice) or "fused" (iree_linalg_ext.attention; faster on CUDA, does not
     compile for Vulkan). See docs/attention-strategy.md.
     buckets: static-shape targets (manifest target.buckets: batch, prefill_len,
@@ -75,6 +75,11 @@ def static_entry_points(buckets: dict) -> dict[str, list[tuple[str, dict[str, in
     }
 
 
+def batch_decode_entry_points(decode_batches: tuple[int, ...]) -> list[tuple[str, dict[str, int]]]:
+    """[(exported name, {"B": b})] of the static-batch decode functions of a dynamic-shape target."""
+    return [(f"decode_b{b}", {"B": b}) for b in decode_batches]
+
+
 # Static shapes of the ABI arguments (docs/abi.md), by function and argument index.
 _STATIC_ARGS = {"prefill": (("B", "T"), ("B",), ("B", "P")), "decode": (("B",), ("B",), ("B", "P"))}
 
@@ -103,8 +108,9 @@ class _ModuleLowering:
                       for name, op in self.fns.items() for export, dims in specs[name]]
         else:
             bodies = [self._function(name, op) for name, op in self.fns.items()]
-            bodies += [self._function("decode", self.fns["decode"], f"decode_b{b}", {"B": b})
-                       for b in self.options.get("decode_batches", ()) if "decode" in self.fns]
+            if "decode" in self.fns:
+                bodies += [self._function("decode", self.fns["decode"], export, dims)
+                           for export, dims in batch_decode_entry_points(self.options.get("decode_batches", ()))]
         lines = ["module {"]
         for name, (sym, t) in self.globals.items():
             lines.append(f"  util.global private {sym} = #stream.parameter.named<"

@@ -141,8 +141,6 @@ class Engine:
         b = min((b for b in self._decode_by_batch if b >= n), default=None)
         if b is None:
             return self._call(self._decode, tokens, positions, block_tables)
-        if b == n:
-            return self._call(self._decode_by_batch[b], tokens, positions, block_tables)
         tables = np.zeros((b, block_tables.shape[1]), np.int64)
         tables[:n] = block_tables
         return self._call(self._decode_by_batch[b], *_pad_decode_rows(tokens, positions, b), tables)[:n]
