@@ -45,11 +45,15 @@ def decode_bytes(artifact: Path) -> int:
                if not name.startswith("model.embed_tokens.weight"))
 
 
+def _count(n: int) -> str:
+    return f"{n / 1e9:.2f}B" if n >= 1e9 else f"{n / 1e6:.2f}M"
+
+
 def speed(args, tmp: Path) -> str:
     spec = PRESETS[args.size]
     t0 = time.perf_counter()
     ckpt = make_large_checkpoint(tmp / "ckpt", spec)
-    print(f"wrote a {n_params(spec) / 1e9:.2f}B-parameter checkpoint in {time.perf_counter() - t0:.0f} s",
+    print(f"wrote a {_count(n_params(spec))}-parameter checkpoint in {time.perf_counter() - t0:.0f} s",
           flush=True)
     machine = roofline.measure(threads=2)
     bw_sum, bw_gemv, bw = machine.read_sum_bps, machine.read_gemv_bps, machine.read_bps
@@ -73,7 +77,7 @@ def speed(args, tmp: Path) -> str:
         return f"{values[name] / values['f32']:.2f}" if "f32" in values else "-"
 
     size = {n: r["irpa"] for n, r in rows.items()}
-    lines = [f"Random-weight Llama, {n_params(spec) / 1e9:.2f}B parameters ({spec.layers} layers, "
+    lines = [f"Random-weight Llama, {_count(n_params(spec))} parameters ({spec.layers} layers, "
              f"hidden {spec.hidden}, {spec.heads}/{spec.kv_heads} heads, intermediate {spec.intermediate}, "
              f"vocab {spec.vocab}); -O3, llvm-cpu on this 2-core CPU; batch 1: prefill of {args.prompt} tokens, "
              f"then {args.steps} decode steps, {args.reps} round-robin repetitions, medians. Quantized: group 128, "
