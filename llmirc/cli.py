@@ -91,7 +91,7 @@ def compile(checkpoint: Path | None, output: Path, target: str, opt_level: int, 
                           passes, print_ir_after_all, print_ir_after, timing, not no_verify_each,
                           quantize=quantize, group_size=group_size, symmetric=symmetric, keep_float=keep_float,
                           dtype=dtype, buckets=buckets)
-    result = compile_checkpoint(opts, progress=None if quiet else _progress)
+    result = compile_checkpoint(opts, progress=None if quiet else _progress, warn=_warning)
     if as_json:
         click.echo(json.dumps({"output": str(result.output), "target": result.target.full_name, "emit": emit,
                                "opt_level": opt_level, "seconds": result.stage_seconds}))
@@ -101,6 +101,10 @@ def compile(checkpoint: Path | None, output: Path, target: str, opt_level: int, 
 
 def _progress(message: str) -> None:
     click.echo(message, err=True)
+
+
+def _warning(message: str) -> None:
+    click.echo(f"warning: {message}", err=True)
 
 
 # ---- run / inspect --------------------------------------------------------------------

@@ -66,6 +66,10 @@ def _stderr_progress(message: str) -> None:
     print(message, file=sys.stderr, flush=True)
 
 
+def _stderr_warning(message: str) -> None:
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
 def write_atomic(path: Path, data: str | bytes) -> None:
     """Write a file via a temporary sibling + rename: never a half-written output."""
     path = Path(path)
@@ -80,7 +84,10 @@ def write_atomic(path: Path, data: str | bytes) -> None:
         raise
 
 
-def compile_checkpoint(opts: CompileOptions, progress: Progress | None = _stderr_progress) -> CompileResult:
+def compile_checkpoint(opts: CompileOptions, progress: Progress | None = _stderr_progress,
+                       warn: Progress = _stderr_warning) -> CompileResult:
+    """Run the stages `opts.emit` asks for. `progress` gets stage lines (None: quiet);
+    `warn` gets warnings (unknown config.json keys, ...), printed even when quiet."""
     if opts.emit not in EMIT_KINDS:
         raise LlmircError(f"--emit must be one of {', '.join(EMIT_KINDS)}, got '{opts.emit}'")
     if opts.dtype not in WEIGHT_DTYPES:
@@ -103,6 +110,8 @@ def compile_checkpoint(opts: CompileOptions, progress: Progress | None = _stderr
 
     t = stage(f"import {opts.checkpoint}")
     model = import_checkpoint(opts.checkpoint, opts.max_seq_len)
+    for message in model.config.warnings:
+        warn(message)
     buckets = bucket_spec.resolve(model.config.max_seq_len, page_size) if bucket_spec else None
     result.stage_seconds["import"] = time.perf_counter() - t
     if opts.emit == "llm":

@@ -36,6 +36,7 @@ class LlamaConfig:
     architecture: str = "LlamaForCausalLM"
     torch_dtype: str = "float32"
     extra: dict = field(default_factory=dict, compare=False)
+    warnings: tuple[str, ...] = field(default=(), compare=False)  # one line each, printed by the compiler
 
     def inv_freq(self) -> np.ndarray:
         """Rotary inverse frequencies in f32, computed exactly as transformers does.
