@@ -19,14 +19,37 @@ DEFAULT_MODEL = Path(__file__).parent / "assets" / "default_model"
 
 
 class _Group(click.Group):
-    """Turns LlmircError into `error: <message>` + exit 1 instead of a traceback."""
+    """One error format for everything: LlmircError and click's own usage errors (bad option
+    values, unknown options) both become one `error: <message>` line and exit code 1."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except LlmircError as e:
-            click.echo(f"error: {e}", err=True)
-            sys.exit(1)
+            _fail(str(e))
+
+    def main(self, *args, standalone_mode: bool = True, **kwargs):
+        if not standalone_mode:
+            return super().main(*args, standalone_mode=False, **kwargs)
+        try:
+            rv = super().main(*args, standalone_mode=False, **kwargs)
+        except click.ClickException as e:
+            _fail(usage_error_line(e))
+        except click.Abort:
+            _fail("aborted")
+        sys.exit(rv if isinstance(rv, int) else 0)  # --help / --version return their exit code
+
+
+def usage_error_line(e: click.ClickException) -> str:
+    """click's message on one line, pointing at the command's --help (click prints a usage block)."""
+    message = " ".join(e.format_message().split())
+    ctx = getattr(e, "ctx", None)
+    return f"{message} (see `{ctx.command_path} --help`)" if ctx is not None else message
+
+
+def _fail(message: str):
+    click.echo(f"error: {message}", err=True)
+    sys.exit(1)
 
 
 @click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
@@ -60,23 +83,25 @@ def main() -> None:
               "'batch=1,4;len=32,128;pages=65' (default: batch 1,4; lengths 32,128,... up to max_seq_len).")
 @click.option("--passes", help="Custom pipeline replacing -O's, e.g. 'blockify-kv-cache{block_size=32}'.")
 @click.option("--quantize", metavar="int8|int4", help="Store linear weights group-quantized (docs/quantization.md).")
-@click.option("--group-size", type=int, default=128, show_default=True,
-              help="In-features per quantization scale (a layer it does not divide takes the largest divisor below).")
+@click.option("--group-size", type=click.IntRange(1), help="With --quantize: in-features per scale (default 128; a "
+              "layer it does not divide takes the largest divisor below; manifest records each layer's).")
 @click.option("--symmetric/--asymmetric", default=True, show_default=True,
               help="Zero points: none (symmetric) or one per group (asymmetric; int4 values then 0..15).")
 @click.option("--keep-float", default="embed,lm_head", show_default=True,
               help="Linears whose weight name or location contains one of these (comma-separated) stay float.")
-@click.option("--dtype", type=click.Choice(["f32", "f16", "bf16"]), default="f32", show_default=True,
-              help="Storage type of float weight matrices; activations and accumulation stay f32.")
+@click.option("--dtype", type=click.Choice(["auto", "f32", "f16", "bf16"]), default="auto", show_default=True,
+              help="Storage type of float weight matrices; activations and accumulation stay f32. auto: the "
+                   "checkpoint's torch_dtype (f32, f16, bf16) where the target supports it, else f32.")
 @click.option("--print-ir-after-all", is_flag=True, help="Print llm IR after every pass (stderr).")
 @click.option("--print-ir-after", multiple=True, metavar="PASS", help="Print llm IR after PASS (repeatable).")
-@click.option("--timing", is_flag=True, help="Report per-pass wall time (stderr).")
+@click.option("--timing", is_flag=True, help="Report per-pass and per-stage wall time, iree-compile included "
+              "(stderr).")
 @click.option("--no-verify-each", is_flag=True, help="Skip verifying the IR after each pass.")
 @click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 def compile(checkpoint: Path | None, output: Path, target: str, opt_level: int, emit: str,
             max_seq_len: int | None, page_size: int | None, passes: str | None, quantize: str | None,
-            group_size: int, symmetric: bool, keep_float: str, dtype: str, buckets: str | None,
+            group_size: int | None, symmetric: bool, keep_float: str, dtype: str, buckets: str | None,
             print_ir_after_all: bool,
             print_ir_after: tuple[str, ...], timing: bool, no_verify_each: bool, as_json: bool,
             quiet: bool) -> None:
@@ -91,16 +116,51 @@ def compile(checkpoint: Path | None, output: Path, target: str, opt_level: int, 
                           passes, print_ir_after_all, print_ir_after, timing, not no_verify_each,
                           quantize=quantize, group_size=group_size, symmetric=symmetric, keep_float=keep_float,
                           dtype=dtype, buckets=buckets)
-    result = compile_checkpoint(opts, progress=None if quiet else _progress, warn=_warning)
+    heartbeat = Heartbeat(sys.stderr)
+    result = compile_checkpoint(opts, progress=None if quiet else heartbeat.stage, warn=_warning,
+                                tick=heartbeat.tick)
+    heartbeat.close()
     if as_json:
         click.echo(json.dumps({"output": str(result.output), "target": result.target.full_name, "emit": emit,
-                               "opt_level": opt_level, "seconds": result.stage_seconds}))
+                               "opt_level": opt_level, "dtype": result.dtype, "seconds": result.stage_seconds}))
     elif not quiet:
         click.echo(f"wrote {result.output}", err=True)
 
 
-def _progress(message: str) -> None:
-    click.echo(message, err=True)
+class Heartbeat:
+    """Stage lines, and proof of life during iree-compile: on a terminal the stage line is
+    redrawn with a spinner and the seconds so far; otherwise (logs, CI) a plain line every
+    `every` seconds, so a log shows the compile is alive without a wall of updates."""
+
+    SPINNER = "|/-\\"
+
+    def __init__(self, stream, every: float = 15.0) -> None:
+        self.stream, self.every = stream, every
+        self.tty = bool(getattr(stream, "isatty", lambda: False)())
+        self._beats, self._printed, self._open = 0, 0, False
+
+    def stage(self, line: str) -> None:
+        self._end_line()
+        click.echo(line, file=self.stream)
+        self._beats = self._printed = 0
+
+    def tick(self, line: str, elapsed: float) -> None:
+        self._beats += 1
+        if self.tty:
+            spin = self.SPINNER[self._beats % len(self.SPINNER)]
+            click.echo(f"\r{line} {spin} {elapsed:.0f} s", file=self.stream, nl=False)
+            self._open = True
+        elif int(elapsed // self.every) > self._printed:
+            self._printed = int(elapsed // self.every)
+            click.echo(f"{line}: still running, {elapsed:.0f} s", file=self.stream)
+
+    def close(self) -> None:
+        self._end_line()
+
+    def _end_line(self) -> None:
+        if self._open:
+            click.echo(file=self.stream)
+            self._open = False
 
 
 def _warning(message: str) -> None:
@@ -121,16 +181,25 @@ def _artifact_dir(path: Path) -> Path:
 @click.option("--temperature", type=click.FloatRange(0), default=0.0, show_default=True,
               help="0 = greedy.")
 @click.option("--top-k", type=click.IntRange(0), default=0, help="Keep the k most likely tokens (0 = all).")
-@click.option("--top-p", type=click.FloatRange(0, 1), default=1.0, help="Nucleus sampling mass.")
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True,
+              help="Nucleus sampling mass, in (0, 1]; 1 = off.")
+@click.option("--repetition-penalty", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True,
+              help="> 1 discourages tokens already in the prompt or output (logit / p if > 0, else * p); 1 = off.")
+@click.option("--stop", "stop", multiple=True, help="Stop string (repeatable); the text ends before it.")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--num-pages", type=click.IntRange(2), help="KV pages in the device pool (default: enough "
               "for the batch at max length).")
 @click.option("--device", help="Runtime driver or device URI (default: the manifest's driver), e.g. cuda://1.")
+@click.option("--echo/--no-echo", default=True, show_default=True, help="Print a text prompt before its continuation.")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
+@click.option("-q", "--quiet", is_flag=True, help="No summary line (token counts, TTFT, tok/s) on stderr.")
 def run(artifact: Path, prompts: tuple[str, ...], prompt_ids: tuple[str, ...], max_tokens: int,
-        temperature: float, top_k: int, top_p: float, seed: int, num_pages: int | None, device: str | None,
-        as_json: bool) -> None:
-    """Generate text with a compiled artifact (directory or its model.vmfb)."""
+        temperature: float, top_k: int, top_p: float, repetition_penalty: float, stop: tuple[str, ...], seed: int,
+        num_pages: int | None, device: str | None, echo: bool, as_json: bool, quiet: bool) -> None:
+    """Generate text with a compiled artifact (directory or its model.vmfb).
+
+    Ends with a summary on stderr: prompt and generated tokens, time to first token, tokens/s.
+    """
     from .api import load
 
     if not prompts and not prompt_ids:
@@ -141,18 +210,49 @@ def run(artifact: Path, prompts: tuple[str, ...], prompt_ids: tuple[str, ...], m
         raise LlmircError("--prompt-ids takes comma-separated integers, e.g. 1,2,3") from None
     model = load(_artifact_dir(artifact), num_pages=num_pages, device=device)
     batch: list = list(prompts) + id_prompts
-    kwargs = dict(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed)
+    kwargs = dict(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
+                  repetition_penalty=repetition_penalty, stop=stop)
     if not as_json and len(batch) == 1 and model.tokenizer is not None:
+        if echo and prompts:
+            click.echo(prompts[0], nl=False)
+        generated, reason = 0, ""
         for event in model.generate(batch, stream=True, **kwargs):  # stream a single prompt's text
             click.echo(event.text, nl=False)
+            generated, reason = generated + 1, event.finish_reason or reason
         click.echo()
-        return
-    results = model.generate(batch, **kwargs)
-    if as_json:
-        click.echo(json.dumps([dataclasses.asdict(r) for r in results], indent=2))
-        return
-    for r in results:
-        click.echo(r.text if r.text is not None else ",".join(map(str, r.token_ids)))
+        notices = [context_limit_notice(0, generated, reason, max_tokens, model.engine.max_seq_len)]
+    else:
+        results = model.generate(batch, **kwargs)
+        if as_json:
+            click.echo(json.dumps([dataclasses.asdict(r) for r in results], indent=2))
+        else:
+            for r, p in zip(results, batch):
+                head = p if echo and isinstance(p, str) else ""
+                click.echo(head + r.text if r.text is not None else ",".join(map(str, r.token_ids)))
+        notices = [context_limit_notice(r.index, len(r.token_ids), r.finish_reason, max_tokens,
+                                        model.engine.max_seq_len) for r in results]
+    for n in filter(None, notices):
+        click.echo(n, err=True)
+    if not quiet:
+        click.echo(stats_line(model.generator.stats), err=True)
+
+
+def context_limit_notice(index: int, generated: int, finish_reason: str, max_tokens: int,
+                         max_seq_len: int) -> str | None:
+    """A "length" finish before max_tokens can only be the model's context limit: say so (as vLLM
+    does), since the text simply stops and looks truncated."""
+    if finish_reason != "length" or generated >= max_tokens:
+        return None
+    return (f"notice: prompt {index} stopped at the model's context limit ({max_seq_len} tokens) after "
+            f"{generated} generated tokens (finish_reason \"length\"); shorten the prompt for more")
+
+
+def stats_line(stats) -> str:
+    """`run`'s summary: what was processed and how fast (GenerationStats)."""
+    ttft = f"{stats.ttft_s * 1e3:.1f} ms" if stats.ttft_s is not None else "-"
+    rate = f"{stats.tokens_per_s:.1f} tok/s" if stats.tokens_per_s else "- tok/s"
+    return (f"{stats.prompt_tokens} prompt tokens, {stats.generated_tokens} generated tokens, TTFT {ttft}, "
+            f"{rate} ({stats.elapsed_s:.2f} s)")
 
 
 @main.command()
@@ -171,16 +271,24 @@ def bench(artifact: Path, prompt_len: int, decode_steps: int, batches: str, reps
     """Measure an artifact: time to first token, prefill and decode tokens/s, memory."""
     from .runtime.bench import bench_artifact, format_report
 
-    try:
-        sizes = tuple(int(b) for b in batches.split(","))
-    except ValueError:
-        raise LlmircError("--batch takes comma-separated integers, e.g. 1,2,4") from None
+    sizes = parse_batch_sizes(batches)
     try:
         report = bench_artifact(_artifact_dir(artifact), prompt_len, decode_steps, sizes, reps, warmup,
                                 num_pages, device)
     except ValueError as e:
         raise LlmircError(str(e)) from None
     click.echo(json.dumps(report.to_dict(), indent=2) if as_json else format_report(report))
+
+
+def parse_batch_sizes(text: str) -> tuple[int, ...]:
+    """'1,2,4' -> (1, 2, 4); anything else (0, negatives, words, nothing) is a one-line error."""
+    try:
+        sizes = tuple(int(b) for b in text.split(",") if b.strip())
+    except ValueError:
+        sizes = ()
+    if not sizes or min(sizes) < 1:
+        raise LlmircError(f"--batch takes comma-separated positive integers, e.g. 1,2,4; got {text!r}")
+    return sizes
 
 
 @main.command()

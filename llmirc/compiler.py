@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import tempfile
+import threading
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from collections.abc import Mapping
@@ -28,6 +31,10 @@ from .targets import TargetProfile, resolve
 
 EMIT_KINDS = ("llm", "llm-opt", "iree-input", "vmfb")
 WEIGHT_DTYPES = ("f32", "f16", "bf16")
+DTYPE_CHOICES = ("auto",) + WEIGHT_DTYPES
+# config.json torch_dtype -> the weight dtype that keeps it exactly (--dtype auto).
+CHECKPOINT_DTYPES = {"float32": "f32", "float16": "f16", "bfloat16": "bf16"}
+DEFAULT_GROUP_SIZE = 128
 
 
 @dataclass
@@ -45,10 +52,12 @@ class CompileOptions:
     timing: bool = False
     verify_each: bool = True
     quantize: str | None = None  # "int8" | "int4": quantize-weights (docs/quantization.md)
-    group_size: int = 128
+    group_size: int | None = None  # None: DEFAULT_GROUP_SIZE; only with quantize
     symmetric: bool = True
     keep_float: str = "embed,lm_head"  # linears whose weight name/location contains one stay float
-    dtype: str = "f32"  # weight matrices stored as f32 | f16 | bf16 (activations stay f32)
+    # Weight matrices stored as f32 | f16 | bf16 (activations stay f32); "auto": the checkpoint's
+    # torch_dtype where the target supports it, else f32 (resolve_dtype).
+    dtype: str = "auto"
     buckets: str | None = None  # static-shape targets: "batch=1,4;len=32,128;pages=65" (docs/targets.md)
 
 
@@ -57,9 +66,12 @@ class CompileResult:
     output: Path
     target: TargetProfile
     stage_seconds: dict[str, float] = field(default_factory=dict)
+    dtype: str = "f32"  # the weight dtype used (--dtype auto resolved)
 
 
 Progress = Callable[[str], None]
+# Called about once a second while a long stage (iree-compile) runs: (stage line, seconds so far).
+Tick = Callable[[str, float], None]
 
 
 def _stderr_progress(message: str) -> None:
@@ -73,54 +85,149 @@ def _stderr_warning(message: str) -> None:
 def write_atomic(path: Path, data: str | bytes) -> None:
     """Write a file via a temporary sibling + rename: never a half-written output."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    check_output(path, "file")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as e:
+        raise LlmircError(f"cannot write {path}: {e.strerror or e}") from None
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data.encode() if isinstance(data, str) else data)
         os.replace(tmp, path)
+    except OSError as e:
+        Path(tmp).unlink(missing_ok=True)
+        raise LlmircError(f"cannot write {path}: {e.strerror or e}") from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
 
 
+def check_output(path: Path, kind: str) -> None:
+    """Refuse an output we could not write, before any work: a 7B compile takes many minutes,
+    and finding out at the end wastes all of them. `kind` is "artifact" (a directory that
+    write_bundle replaces) or "file" (write_atomic). Writability is probed by creating a file,
+    which also catches read-only file systems and is right for root."""
+    path = Path(path)
+    if kind == "artifact":
+        from .artifacts.bundle import check_replaceable
+
+        check_replaceable(path)
+    elif path.is_dir():
+        raise LlmircError(f"{path} is a directory, but this --emit writes one file; give a file path "
+                          "such as model.mlir")
+    parent = path.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise LlmircError(f"cannot write {path}: {parent} is a file, not a directory")
+    try:
+        fd, probe = tempfile.mkstemp(dir=parent, prefix=".llmirc-write-check-")
+    except OSError as e:
+        raise LlmircError(f"cannot write {path}: {parent} is not writable ({e.strerror or e})") from None
+    os.close(fd)
+    os.unlink(probe)
+
+
+def resolve_dtype(requested: str, checkpoint_dtype: str, target: TargetProfile) -> tuple[str, str | None]:
+    """The weight dtype to store, and a warning when --dtype auto must widen the checkpoint's.
+
+    auto keeps the checkpoint's precision (bf16/f16 stored as such are exact copies: no rounding)
+    when the target runs it; otherwise f32, which doubles the weights' size, so that is said.
+    """
+    if requested != "auto":
+        return requested, None
+    wanted = CHECKPOINT_DTYPES.get(checkpoint_dtype, "f32")
+    if wanted in target.dtypes:
+        return wanted, None
+    return "f32", (f"the checkpoint's weights are {checkpoint_dtype} but target {target.full_name} has no {wanted} "
+                   f"(supported: {', '.join(target.dtypes)}); storing them as f32 (twice the size)")
+
+
+@contextmanager
+def _ticking(line: str, tick: Tick | None, interval: float = 1.0):
+    """Call `tick(line, elapsed)` every `interval` seconds from a helper thread while the body
+    runs (iree-compile is one blocking call that takes most of the compile time)."""
+    if tick is None:
+        yield
+        return
+    done = threading.Event()
+    t0 = time.perf_counter()
+
+    def beat() -> None:
+        while not done.wait(interval):
+            tick(line, time.perf_counter() - t0)
+
+    thread = threading.Thread(target=beat, name="llmirc-tick", daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        done.set()
+        thread.join()
+
+
+def format_stage_timing(seconds: dict[str, float]) -> str:
+    """`--timing`'s stage table (the pass table covers the optimize stage's inside)."""
+    total = sum(seconds.values()) or 1e-12
+    lines = ["===- llmirc stage timing -==="]
+    lines += [f"  {t:9.2f} s  {100 * t / total:5.1f}%  {name}" for name, t in seconds.items()]
+    lines.append(f"  {total:9.2f} s  100.0%  total")
+    return "\n".join(lines)
+
+
 def compile_checkpoint(opts: CompileOptions, progress: Progress | None = _stderr_progress,
-                       warn: Progress = _stderr_warning) -> CompileResult:
+                       warn: Progress = _stderr_warning, tick: Tick | None = None) -> CompileResult:
     """Run the stages `opts.emit` asks for. `progress` gets stage lines (None: quiet);
-    `warn` gets warnings (unknown config.json keys, ...), printed even when quiet."""
+    `warn` gets warnings (unknown config.json keys, ...), printed even when quiet; `tick`
+    gets a heartbeat during iree-compile. Every check of the options and the output path
+    comes before the import, so a mistake costs no compile time."""
     if opts.emit not in EMIT_KINDS:
         raise LlmircError(f"--emit must be one of {', '.join(EMIT_KINDS)}, got '{opts.emit}'")
-    if opts.dtype not in WEIGHT_DTYPES:
-        raise LlmircError(f"--dtype must be one of {', '.join(WEIGHT_DTYPES)}, got '{opts.dtype}'")
-    quant = QuantConfig.parse(opts.quantize, opts.group_size, opts.symmetric, opts.keep_float) \
+    if opts.dtype not in DTYPE_CHOICES:
+        raise LlmircError(f"--dtype must be one of {', '.join(DTYPE_CHOICES)}, got '{opts.dtype}'")
+    if opts.group_size is not None and not opts.quantize:
+        raise LlmircError(f"--group-size {opts.group_size} does nothing without --quantize int8|int4; "
+                          "add --quantize or drop --group-size")
+    group_size = DEFAULT_GROUP_SIZE if opts.group_size is None else opts.group_size
+    quant = QuantConfig.parse(opts.quantize, group_size, opts.symmetric, opts.keep_float) \
         if opts.quantize else None
     target = resolve(opts.target)
-    target.check_precision(opts.dtype, opts.quantize)
+    target.check_precision("f32" if opts.dtype == "auto" else opts.dtype, opts.quantize)
     bucket_spec = _bucket_spec(target, opts.buckets)
+    check_output(Path(opts.output), "artifact" if opts.emit == "vmfb" else "file")
     page_size = opts.page_size or target.page_size
     result = CompileResult(Path(opts.output), target)
     stages = {"llm": 1, "llm-opt": 2, "iree-input": 3, "vmfb": 5}[opts.emit]
     step = iter(range(1, 10))
 
+    current = [""]  # the latest stage line, for the heartbeat
+
     def stage(name: str):
-        n = next(step)
+        current[0] = f"[{next(step)}/{stages}] {name}"
         if progress:
-            progress(f"[{n}/{stages}] {name}")
+            progress(current[0])
         return time.perf_counter()
 
     t = stage(f"import {opts.checkpoint}")
     model = import_checkpoint(opts.checkpoint, opts.max_seq_len)
     for message in model.config.warnings:
         warn(message)
+    dtype, widened = resolve_dtype(opts.dtype, model.config.torch_dtype, target)
+    result.dtype = dtype
+    if widened:
+        warn(widened)
     buckets = bucket_spec.resolve(model.config.max_seq_len, page_size) if bucket_spec else None
     result.stage_seconds["import"] = time.perf_counter() - t
     if opts.emit == "llm":
         write_atomic(opts.output, print_module(model.module, debug_info=False))
-        return result
+        return _timed(result, opts)
 
-    t = stage(f"optimize -O{opts.opt_level}" + (f" --passes={opts.passes}" if opts.passes else ""))
-    passes = parse_pipeline(opts.passes) + precision_passes(quant, opts.dtype) if opts.passes \
-        else pipeline_for_level(opts.opt_level, page_size, quant, opts.dtype)
+    t = stage(f"optimize -O{opts.opt_level}" + (f" --passes={opts.passes}" if opts.passes else "")
+              + f", weights {dtype}" + (f" (--dtype auto: checkpoint {model.config.torch_dtype})"
+                                        if opts.dtype == "auto" else ""))
+    passes = parse_pipeline(opts.passes) + precision_passes(quant, dtype) if opts.passes \
+        else pipeline_for_level(opts.opt_level, page_size, quant, dtype)
     weights = model.weight_store()
     PassManager(passes, verify_each=opts.verify_each, print_ir_after_all=opts.print_ir_after_all,
                 print_ir_after=frozenset(opts.print_ir_after), timing=opts.timing,
@@ -128,7 +235,7 @@ def compile_checkpoint(opts: CompileOptions, progress: Progress | None = _stderr
     result.stage_seconds["optimize"] = time.perf_counter() - t
     if opts.emit == "llm-opt":
         write_atomic(opts.output, print_module(model.module))
-        return result
+        return _timed(result, opts)
 
     from .lowering import lower_to_iree
 
@@ -140,13 +247,14 @@ def compile_checkpoint(opts: CompileOptions, progress: Progress | None = _stderr
     result.stage_seconds["lower"] = time.perf_counter() - t
     if opts.emit == "iree-input":
         write_atomic(opts.output, iree_input)
-        return result
+        return _timed(result, opts)
 
     from .artifacts import write_bundle
     from .lowering import compile_iree, stored_transposed
 
     t = stage(f"iree-compile for {target.full_name}")
-    vmfb = compile_iree(iree_input, target.compile_flags(opts.opt_level))
+    with _ticking(current[0], tick if progress else None):
+        vmfb = compile_iree(iree_input, target.compile_flags(opts.opt_level))
     result.stage_seconds["iree-compile"] = time.perf_counter() - t
 
     t = stage(f"write artifact {opts.output}")
@@ -157,9 +265,16 @@ def compile_checkpoint(opts: CompileOptions, progress: Progress | None = _stderr
         model=model.config.summary(), target=_target_record(target, opts.opt_level, buckets),
         entry_points=_entry_points(target, buckets, decode_batches),
         opt_level=opts.opt_level, kv={"page_size": page_size, "dtype": "f32"},
-        compiler={"llmirc": __version__, "iree": _iree_version(), "weights": _weights_record(opts, quant)},
+        compiler={"llmirc": __version__, "iree": _iree_version(),
+                  "weights": _weights_record(dtype, opts.dtype, quant, weight_types(model.module))},
         source={"checkpoint": str(opts.checkpoint)})
     result.stage_seconds["write"] = time.perf_counter() - t
+    return _timed(result, opts)
+
+
+def _timed(result: CompileResult, opts: CompileOptions) -> CompileResult:
+    if opts.timing:
+        print(format_stage_timing(result.stage_seconds), file=sys.stderr, flush=True)
     return result
 
 
@@ -193,12 +308,32 @@ def _backend(t: TargetProfile) -> str | None:
     return None
 
 
-def _weights_record(opts: CompileOptions, quant: QuantConfig | None) -> dict:
-    record: dict = {"dtype": opts.dtype}
+_QUANTIZED_NAME = re.compile(r"^(?P<base>.+)\.int(?P<bits>\d+)_g(?P<group>\d+)_(?:a?sym)\.qweight$")
+
+
+def _weights_record(dtype: str, requested: str, quant: QuantConfig | None, types: Mapping) -> dict:
+    """manifest compiler.weights: the stored dtype (and what was asked), and with --quantize
+    the group size each quantized weight actually got (a layer whose in-features the asked
+    size does not divide gets a smaller one; docs/quantization.md)."""
+    record: dict = {"dtype": dtype}
+    if requested != dtype:
+        record["requested_dtype"] = requested
     if quant is not None:
         record["quantize"] = {"scheme": quant.scheme, "group_size": quant.group_size,
-                              "symmetric": quant.symmetric, "keep_float": quant.keep}
+                              "symmetric": quant.symmetric, "keep_float": quant.keep,
+                              "layer_group_sizes": layer_group_sizes(types)}
     return record
+
+
+def layer_group_sizes(names) -> dict[str, int]:
+    """Quantized weight (its checkpoint name) -> effective group size, from the derived
+    `<name>.int4_g86_sym.qweight` names the quantize-weights pass gives its tensors."""
+    out = {}
+    for name in names:
+        m = _QUANTIZED_NAME.match(name)
+        if m:
+            out[m["base"]] = int(m["group"])
+    return dict(sorted(out.items()))
 
 
 def _target_record(t: TargetProfile, opt_level: int, buckets: dict | None = None) -> dict:

@@ -8,7 +8,7 @@ from llmirc.cli import main
 
 
 def run_cli(*args) -> Result:
-    return CliRunner().invoke(main, [str(a) for a in args])
+    return CliRunner().invoke(main, [str(a) for a in args], prog_name="llmirc")
 
 
 def assert_one_error(res: Result, *needles: str) -> None:

@@ -57,7 +57,7 @@ def write_bundle(
     artifact (we never delete a directory we did not write).
     """
     out = Path(out_dir)
-    _check_replaceable(out)
+    check_replaceable(out)
     manifest = Manifest(model=_as_record(ModelInfo, model, "model"), target=_as_record(TargetInfo, target, "target"),
                         opt_level=opt_level, kv=_as_record(KVInfo, kv, "kv"),
                         compiler=dict(compiler) if compiler is not None else default_compiler_info(),
@@ -65,18 +65,26 @@ def write_bundle(
     if entry_points is not None:
         manifest.entry_points = dict(entry_points)
     Manifest.from_dict(manifest.to_dict(), f"manifest for {out}")  # same checks as the reader, before any I/O
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    except OSError as e:
+        raise ArtifactError(f"cannot write the artifact {out}: {e.strerror or e}") from None
     try:
         _write_module(tmp / VMFB_NAME, vmfb)
         write_params(tmp / PARAMS_NAME, params)
         for src in map(Path, tokenizer_files):
             if src.is_file():
                 shutil.copyfile(src, tmp / src.name)
+        # IREE creates the archive 0640; give it the mode every other file got (the umask's).
+        os.chmod(tmp / PARAMS_NAME, (tmp / VMFB_NAME).stat().st_mode & 0o777)
         manifest.files = {p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()}
         (tmp / MANIFEST_NAME).write_text(manifest.to_json(), encoding="utf-8")
         os.chmod(tmp, 0o755)  # mkdtemp makes it 0700; an artifact is an ordinary directory
         _replace_dir(tmp, out)
+    except OSError as e:  # disk full, permissions changed under us: one line, nothing left behind
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise ArtifactError(f"cannot write the artifact {out}: {e.strerror or e}") from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -109,7 +117,7 @@ def _write_module(dest: Path, vmfb: bytes | str | Path) -> None:
         shutil.copyfile(vmfb, dest)
 
 
-def _check_replaceable(out: Path) -> None:
+def check_replaceable(out: Path) -> None:
     """Only an empty directory or a previous artifact may be replaced."""
     if not out.exists():
         return

@@ -7,8 +7,9 @@ The schedule is the simplest one that never fails half-way:
              allocated now, the rest is promised and allocated one page at a time.
     prefill - all newly admitted prompts in one batch (padded to the longest).
     decode - one step for every running sequence, growing block tables as needed.
-    finish - a stop token, max_tokens or max_seq_len ends a sequence; its pages go back
-             to the pool at once, so waiting prompts can be admitted.
+    finish - a stop token, a stop string (the caller's `text_stop`), max_tokens or
+             max_seq_len ends a sequence; its pages go back to the pool at once, so
+             waiting prompts can be admitted.
 
 Because growth is promised at admission, a running sequence never finds the pool empty;
 a prompt whose worst case exceeds the whole pool is refused up front with
@@ -18,7 +19,8 @@ PoolExhaustedError. Preemption (swapping sequences out to admit more) is a later
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Iterator, Sequence as Seq
+import time
+from collections.abc import Callable, Iterator, Sequence as Seq
 from dataclasses import dataclass
 
 import numpy as np
@@ -40,6 +42,31 @@ class TokenEvent:
     finish_reason: str | None = None
 
 
+@dataclass
+class GenerationStats:
+    """What one `generate` call did, for `llmirc run`'s summary line: token counts, time to
+    the first sampled token (prefill of the first batch) and generated tokens per second
+    over the whole call (prefill included)."""
+
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    ttft_s: float | None = None
+    elapsed_s: float = 0.0
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        return self.generated_tokens / self.elapsed_s if self.elapsed_s > 0 and self.generated_tokens else None
+
+    def to_dict(self) -> dict:
+        return {"prompt_tokens": self.prompt_tokens, "generated_tokens": self.generated_tokens,
+                "ttft_s": self.ttft_s, "elapsed_s": self.elapsed_s, "tokens_per_s": self.tokens_per_s}
+
+
+# Called with (prompt index, token id) for every sampled token; True ends that sequence with
+# finish_reason "stop" (stop strings: the caller holds the detokenizer, see runtime/stop.py).
+TextStop = Callable[[int, int], bool]
+
+
 class Generator:
     """Drives `engine` with pages from `pool` (a fresh PagePool over the engine's pool if None).
 
@@ -53,8 +80,12 @@ class Generator:
             raise ValueError(f"PagePool({self.pool.num_pages}, {self.pool.page_size}) does not match the engine's "
                              f"device pool ({engine.num_pages} pages of {engine.page_size})")
         self._promised = 0  # pages promised to running sequences but not yet allocated
+        self.stats = GenerationStats()  # of the latest generate call, complete once it is consumed
+        self._text_stop: TextStop | None = None
+        self._t0 = 0.0
 
-    def generate(self, prompts: Seq[Seq[int]], params: SamplingParams) -> Iterator[TokenEvent]:
+    def generate(self, prompts: Seq[Seq[int]], params: SamplingParams,
+                 text_stop: TextStop | None = None) -> Iterator[TokenEvent]:
         """Validate every prompt now (errors are raised here, not on the first `next`), then
         return an iterator of TokenEvents in the order tokens are produced."""
         seqs = [Sequence(i, [int(t) for t in p]) for i, p in enumerate(prompts)]
@@ -62,10 +93,13 @@ class Generator:
             self._check_prompt(s, params)
         stop_ids = frozenset(self.engine.manifest.model.eos_token_id if params.stop_token_ids is None
                              else params.stop_token_ids)
+        self._text_stop = text_stop
+        self.stats = GenerationStats(prompt_tokens=sum(len(s.prompt_ids) for s in seqs))
         return self._run(seqs, params, stop_ids)
 
     def _run(self, seqs: list[Sequence], params: SamplingParams, stop_ids: frozenset[int]) -> Iterator[TokenEvent]:
         rng = np.random.default_rng(params.seed)
+        self._t0 = t0 = time.perf_counter()
         waiting: deque[Sequence] = deque(seqs)
         running: list[Sequence] = []
         try:
@@ -84,6 +118,7 @@ class Generator:
                     yield from self._decode_step(running, params, stop_ids, rng)
                     running = self._retire(running)
         finally:  # also on error or when the consumer stops iterating early
+            self.stats.elapsed_s = time.perf_counter() - t0
             for s in running:
                 self._free(s)
 
@@ -110,7 +145,7 @@ class Generator:
         logits = self.engine.prefill(tokens, lens, block_tables(seqs))
         for s in seqs:
             s.cached_len = len(s.prompt_ids)
-        yield from self._take(seqs, sample(logits, params, rng), params, stop_ids)
+        yield from self._take(seqs, self._sample(logits, seqs, params, rng), params, stop_ids)
 
     def _decode_step(self, seqs: list[Sequence], params: SamplingParams, stop_ids: frozenset[int],
                      rng: np.random.Generator) -> Iterator[TokenEvent]:
@@ -123,14 +158,25 @@ class Generator:
         logits = self.engine.decode(tokens, positions, block_tables(seqs))
         for s in seqs:
             s.cached_len += 1
-        yield from self._take(seqs, sample(logits, params, rng), params, stop_ids)
+        yield from self._take(seqs, self._sample(logits, seqs, params, rng), params, stop_ids)
+
+    def _sample(self, logits: np.ndarray, seqs: list[Sequence], params: SamplingParams,
+                rng: np.random.Generator) -> np.ndarray:
+        seen = [s.token_ids for s in seqs] if params.repetition_penalty != 1.0 else None
+        ids = sample(logits, params, rng, seen)
+        if self.stats.ttft_s is None:
+            self.stats.ttft_s = time.perf_counter() - self._t0
+        return ids
 
     def _take(self, seqs: list[Sequence], next_ids: np.ndarray, params: SamplingParams,
               stop_ids: frozenset[int]) -> Iterator[TokenEvent]:
         """Append each sampled token, decide whether its sequence is done, and emit it."""
         for s, token in zip(seqs, next_ids.tolist()):
             s.generated_ids.append(token)
+            self.stats.generated_tokens += 1
             if token in stop_ids:
+                s.finish_reason = "stop"
+            elif self._text_stop is not None and self._text_stop(s.id, token):
                 s.finish_reason = "stop"
             elif len(s.generated_ids) >= params.max_tokens or s.length >= self.engine.max_seq_len:
                 s.finish_reason = "length"

@@ -490,3 +490,54 @@ def test_load_and_generate_from_text(toy_artifact):
     assert "".join(e.text for e in streamed).split() == c.text.split()
     [by_ids] = model.generate([[BOS, 3, 4]], max_tokens=5, stop_token_ids=[])
     assert by_ids.token_ids == expected
+
+
+# ----------------------------------------------------------------------------- stop strings, stats, notices
+
+@pytest.mark.parametrize("stop,tokens,words", [
+    ("w20", [14, 20], ["w14"]),  # one token's text
+    ("w14 w2", [14, 20], []),  # spans two tokens: completes with "w20", and "w14" was held back
+    ("w99", None, None),  # never matches: the same as no stop string
+])
+def test_stop_strings_end_the_sequence_and_are_not_in_the_text(toy_artifact, stop, tokens, words):
+    model = llmirc.load(toy_artifact, num_pages=16)
+    expected, reason = ref_generate([BOS, 6, 7], 6)  # 14, 20, 4, 4, ...
+    if tokens is None:
+        tokens, words, reason = expected, [f"w{t}" for t in expected], "length"
+    else:
+        assert expected[:len(tokens)] == tokens
+        reason = "stop"
+    [c] = model.generate("w6 w7", max_tokens=6, stop=[stop])
+    assert (c.token_ids, c.finish_reason) == (tokens, reason)
+    assert c.text.split() == words and stop not in c.text
+    streamed = list(model.generate("w6 w7", max_tokens=6, stop=stop, stream=True))
+    assert [e.token_id for e in streamed] == tokens and streamed[-1].finish_reason == reason
+    assert "".join(e.text for e in streamed) == c.text
+
+
+def test_stop_strings_per_sequence_in_a_batch(toy_artifact):
+    model = llmirc.load(toy_artifact, num_pages=16)
+    a, b = model.generate(["w6 w7", "w3 w4"], max_tokens=5, stop=["w20"])
+    assert a.token_ids == [14, 20] and a.finish_reason == "stop"
+    assert b.token_ids == ref_generate([BOS, 3, 4], 5)[0] and b.finish_reason == "length"
+    assert [a.prompt_tokens, b.prompt_tokens] == [3, 3]
+
+
+def test_run_reports_counts_and_the_context_limit(toy_artifact):
+    from tests.cli import run_cli
+
+    expected, reason = ref_generate([BOS, 6, 7], 50)
+    assert reason == "length" and len(expected) < 50  # the toy's max_seq_len (24) ends it
+    res = run_cli("run", toy_artifact, "--prompt", "w6 w7", "--max-tokens", "50")
+    assert res.exit_code == 0, res.stderr
+    assert res.stdout.startswith("w6 w7")  # the prompt, then its continuation
+    assert res.stdout.split()[2:] == [f"w{t}" for t in expected]
+    notice, stats = res.stderr.splitlines()
+    assert notice == (f"notice: prompt 0 stopped at the model's context limit ({MAX_SEQ_LEN} tokens) after "
+                      f"{len(expected)} generated tokens (finish_reason \"length\"); shorten the prompt for more")
+    assert stats.startswith(f"3 prompt tokens, {len(expected)} generated tokens, TTFT ") and "tok/s" in stats
+    res = run_cli("run", toy_artifact, "--prompt-ids", "1,6,7", "--max-tokens", "50", "--json", "-q")
+    [out] = json.loads(res.stdout)
+    assert out["finish_reason"] == "length" and out["prompt_tokens"] == 3 and "notice:" in res.stderr
+    short = run_cli("run", toy_artifact, "--prompt", "w6 w7", "--max-tokens", "3", "--stop", "w4", "--no-echo")
+    assert short.stdout.split() == ["w14", "w20"] and len(short.stderr.splitlines()) == 1  # stats only

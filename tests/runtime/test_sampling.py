@@ -73,3 +73,102 @@ def test_temperature_one_follows_softmax():
 def test_bad_params_are_refused(kwargs):
     with pytest.raises(ValueError):
         SamplingParams(**kwargs)
+
+
+# ----------------------------------------------------------------------------- repetition penalty
+
+def _transformers_penalty(logits: np.ndarray, seen: np.ndarray, penalty: float) -> np.ndarray:
+    """transformers' RepetitionPenaltyLogitsProcessor: the definition we follow, run as is."""
+    import torch
+    from transformers.generation.logits_process import RepetitionPenaltyLogitsProcessor
+
+    proc = RepetitionPenaltyLogitsProcessor(penalty)
+    return proc(torch.from_numpy(seen), torch.from_numpy(logits.copy())).numpy()
+
+
+@pytest.mark.parametrize("penalty", [1.3, 0.7, 2.0])
+def test_repetition_penalty_matches_transformers(penalty):
+    from llmirc.runtime.sampling import apply_repetition_penalty
+
+    logits = _logits(3, batch=3, vocab=40)
+    seen = np.random.default_rng(1).integers(0, 40, size=(3, 12))  # with repeats: each counts once
+    got = apply_repetition_penalty(logits, seen.tolist(), penalty)
+    np.testing.assert_allclose(got, _transformers_penalty(logits, seen, penalty), rtol=1e-6)
+    untouched = np.ones(logits.shape, bool)
+    for row, ids in enumerate(seen):
+        untouched[row, ids] = False
+    assert np.array_equal(got[untouched], logits[untouched])
+
+
+def test_repetition_penalty_in_sample_changes_the_greedy_choice():
+    logits = np.array([[0.0, 3.0, 2.5, -1.0], [0.0, 3.0, 2.5, -1.0]], np.float32)
+    params = SamplingParams(repetition_penalty=1.5)
+    # Row 0 has seen token 1: 3 / 1.5 = 2 < 2.5. Row 1 has seen only token 3 (negative: * 1.5).
+    assert sample(logits, params, np.random.default_rng(0), seen=[[1, 1, 0], [3]]).tolist() == [2, 1]
+    with pytest.raises(ValueError, match="needs the token ids"):
+        sample(logits, params, np.random.default_rng(0))
+
+
+class _FixedLogitsEngine:
+    """Just enough of an Engine for the Generator: every step returns the same logits."""
+
+    def __init__(self, logits):
+        from types import SimpleNamespace
+
+        self.logits = np.asarray(logits, np.float32)
+        self.num_pages, self.page_size, self.max_seq_len, self.vocab_size = 32, 4, 64, len(logits)
+        self.manifest = SimpleNamespace(model=SimpleNamespace(eos_token_id=[]))
+
+    def prefill(self, tokens, lens, tables):
+        return np.repeat(self.logits[None], len(tokens), 0)
+
+    def decode(self, tokens, positions, tables):
+        return np.repeat(self.logits[None], len(tokens), 0)
+
+
+def test_generator_penalises_prompt_and_output_tokens():
+    """A numpy reference loop (penalty over prompt + output, greedy) against the Generator."""
+    from llmirc.runtime import Generator
+
+    base = np.array([0.1, 2.0, 1.9, 1.7, -0.5, 1.0], np.float32)
+    prompt, penalty, steps = [1, 4], 1.25, 8
+    seen, expected = list(prompt), []
+    for _ in range(steps):
+        x = base.copy()
+        for t in set(seen):
+            x[t] = x[t] / penalty if x[t] > 0 else x[t] * penalty
+        expected.append(int(np.argmax(x)))
+        seen.append(expected[-1])
+    gen = Generator(_FixedLogitsEngine(base))
+    got = [e.token_id for e in gen.generate([prompt], SamplingParams(max_tokens=steps, repetition_penalty=penalty))]
+    assert got == expected and len(set(got)) > 1  # without the penalty: token 1 every time
+    assert gen.stats.prompt_tokens == 2 and gen.stats.generated_tokens == steps and gen.stats.ttft_s > 0
+
+
+# ----------------------------------------------------------------------------- stop strings
+
+def _reference_stop(text: str, stops: list[str]) -> tuple[str, bool]:
+    hits = [text.find(s) for s in stops if s in text]
+    return (text[:min(hits)], True) if hits else (text, False)
+
+
+@pytest.mark.parametrize("seed", range(30))
+def test_stop_string_matcher_against_a_whole_text_reference(seed):
+    from llmirc.runtime.stop import StopStringMatcher
+
+    rng = np.random.default_rng(seed)
+    alphabet = list("ab c")
+    pieces = ["".join(rng.choice(alphabet, size=rng.integers(0, 4))) for _ in range(25)]
+    stops = ["".join(rng.choice(alphabet, size=rng.integers(1, 4))) for _ in range(rng.integers(1, 3))]
+    m = StopStringMatcher(stops)
+    shown, fed = "", ""
+    for piece in pieces:
+        fed += piece
+        shown += m.feed(piece)
+        expected, stopped = _reference_stop(fed, stops)
+        assert expected.startswith(shown)  # nothing shown that a stop string could take back
+        if stopped:
+            break
+    if not m.stopped:
+        shown += m.flush()
+    assert (shown, m.stopped) == _reference_stop(fed, stops) and m.text == shown
