@@ -9,10 +9,10 @@ import numpy as np
 
 def hf_model(checkpoint: Path):
     import torch
-    from transformers import LlamaForCausalLM
+    from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
-    return LlamaForCausalLM.from_pretrained(checkpoint, torch_dtype=torch.float32).eval()
+    return AutoModelForCausalLM.from_pretrained(checkpoint, dtype=torch.float32).eval()
 
 
 def hf_last_logits(model, ids: list[int]) -> np.ndarray:
@@ -31,3 +31,26 @@ def hf_greedy(model, ids: list[int], new_tokens: int) -> tuple[list[int], np.nda
                              min_new_tokens=new_tokens, output_logits=True, return_dict_in_generate=True,
                              pad_token_id=0, eos_token_id=None)
     return out.sequences[0, len(ids):].tolist(), out.logits[-1][0].float().numpy()
+
+
+def greedy_with_engine(engine, prompts: list[list[int]], steps: int, tables: np.ndarray | None = None):
+    """Our side of a comparison: batched prefill + `steps` greedy decodes through the raw ABI of
+    a compiled artifact's Engine. Returns the tokens and the logits after the last step."""
+    b, t = len(prompts), max(map(len, prompts))
+    if tables is None:
+        pages = -(-(t + steps + 1) // engine.page_size)
+        tables = np.arange(1, 1 + b * pages, dtype=np.int64).reshape(b, pages)
+    tokens = np.zeros((b, t), np.int64)
+    for i, p in enumerate(prompts):
+        tokens[i, :len(p)] = p
+    lens = np.array([len(p) for p in prompts], np.int64)
+    logits = engine.prefill(tokens, lens, tables)
+    out: list[list[int]] = [[] for _ in prompts]
+    positions = lens.copy()
+    for _ in range(steps):
+        nxt = logits.argmax(-1).astype(np.int64)
+        for o, n in zip(out, nxt):
+            o.append(int(n))
+        logits = engine.decode(nxt, positions, tables)
+        positions += 1
+    return out, logits

@@ -1,15 +1,21 @@
-"""Model configuration read from a Hugging Face config.json (Llama family)."""
+"""Model configuration read from a Hugging Face config.json (Llama family).
+
+Every key of config.json falls under one rule (config_keys.py): read here and implemented,
+or refused with one line naming the key and its value; known to be inert; or unknown, which
+gives one warning line. No default ever stands in for a value the checkpoint gives.
+"""
 
 from __future__ import annotations
 
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import CheckpointError
+from .config_keys import unknown_key_warnings
+from .rope import RopeSpec, read_rope
 
 SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
 
@@ -25,8 +31,7 @@ class LlamaConfig:
     head_dim: int
     max_seq_len: int
     rms_norm_eps: float = 1e-6
-    rope_theta: float = 10000.0
-    rope_scaling: dict | None = None
+    rope: RopeSpec = RopeSpec()
     tie_word_embeddings: bool = False
     attention_bias: bool = False
     mlp_bias: bool = False
@@ -39,23 +44,13 @@ class LlamaConfig:
     warnings: tuple[str, ...] = field(default=(), compare=False)  # one line each, printed by the compiler
 
     def inv_freq(self) -> np.ndarray:
-        """Rotary inverse frequencies in f32, computed exactly as transformers does.
+        """Rotary inverse frequencies in f32 (any rope scaling folded in: `llm.rope` takes only these)."""
+        return self.rope.inv_freq(self.head_dim)
 
-        Any rope scaling is folded in here, so `llm.rope` only needs this array.
-        """
-        d = self.head_dim
-        base = np.float32(self.rope_theta)
-        inv = (1.0 / (base ** (np.arange(0, d, 2, dtype=np.int64).astype(np.float32) / np.float32(d)))).astype(np.float32)
-        s = self.rope_scaling
-        kind = (s or {}).get("rope_type", (s or {}).get("type", "default"))
-        if kind == "default":
-            return inv
-        if kind == "linear":
-            return (inv / np.float32(s["factor"])).astype(np.float32)
-        if kind == "llama3":
-            return _llama3_inv_freq(inv, s)
-        raise CheckpointError(f"config.json: rope_scaling type '{kind}' is not supported "
-                              "(supported: default, linear, llama3)")
+    def attention_scale(self) -> float:
+        """Scale of q.k: 1/sqrt(head_dim), times the square of the rope's attention factor
+        (YaRN scales cos and sin, hence both q and k)."""
+        return self.head_dim ** -0.5 * self.rope.attention_factor(self.head_dim) ** 2
 
     def summary(self) -> dict:
         return {"architecture": self.architecture, "vocab_size": self.vocab_size,
@@ -66,24 +61,43 @@ class LlamaConfig:
                 "eos_token_id": list(self.eos_token_ids)}
 
 
-def _llama3_inv_freq(inv: np.ndarray, s: dict) -> np.ndarray:
-    """transformers' _compute_llama3_parameters, in f32."""
-    factor = s["factor"]
-    low, high = s.get("low_freq_factor", 1.0), s.get("high_freq_factor", 4.0)
-    old_ctx = s["original_max_position_embeddings"]
-    low_wavelen, high_wavelen = old_ctx / low, old_ctx / high
-    wavelen = 2 * math.pi / inv
-    scaled = np.where(wavelen > low_wavelen, inv / factor, inv)
-    smooth = (old_ctx / wavelen - low) / (high - low)
-    smoothed = (1 - smooth) * scaled / factor + smooth * scaled
-    medium = ~(wavelen < high_wavelen) & ~(wavelen > low_wavelen)
-    return np.where(medium, smoothed, scaled).astype(np.float32)
-
-
 def _require(cfg: dict, key: str, path: Path):
     if key not in cfg:
         raise CheckpointError(f"{path}: missing required key '{key}'")
     return cfg[key]
+
+
+def _given(cfg: dict, key: str, default):
+    """cfg[key], or `default` only when the key is absent or null (never for a given value)."""
+    value = cfg.get(key)
+    return default if value is None else value
+
+
+ATTENTION_LAYER_TYPES = ("full_attention", "sliding_attention")
+
+
+def _check_attention_span(cfg: dict, path: Path, seq_len: int, num_layers: int) -> None:
+    """Refuse a sliding window shorter than the compiled sequence (full attention is all we
+    lower today); a window at least that long never drops a key, so it changes nothing."""
+    layer_types = cfg.get("layer_types")
+    if layer_types is not None:
+        if not isinstance(layer_types, list) or len(layer_types) != num_layers:
+            raise CheckpointError(f"{path}: layer_types must list one type per layer ({num_layers}), "
+                                  f"got {layer_types!r}")
+        unknown = sorted(set(layer_types) - set(ATTENTION_LAYER_TYPES))
+        if unknown:
+            raise CheckpointError(f"{path}: layer_types '{unknown[0]}' is not supported "
+                                  f"(supported: {', '.join(ATTENTION_LAYER_TYPES)})")
+    window = cfg.get("sliding_window")
+    if window is None:
+        if "sliding_attention" in (layer_types or ()):
+            raise CheckpointError(f"{path}: layer_types has sliding_attention layers but sliding_window is null")
+        return
+    if int(window) < seq_len:
+        raise CheckpointError(
+            f"{path}: sliding_window {window} is shorter than the compiled max sequence length {seq_len}, and "
+            f"sliding-window attention is not supported yet; compile with --max-seq-len {window} (or less) so "
+            "that every sequence fits inside the window")
 
 
 def load_config(checkpoint_dir: Path, max_seq_len: int | None = None) -> LlamaConfig:
@@ -114,25 +128,28 @@ def load_config(checkpoint_dir: Path, max_seq_len: int | None = None) -> LlamaCo
         raise CheckpointError(f"{path}: hidden_act '{act}' is not supported (Llama uses silu)")
     eos = cfg.get("eos_token_id")
     eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (int(eos),))
-    ctx = int(cfg.get("max_position_embeddings", 2048))
+    ctx = int(cfg.get("max_position_embeddings") or 2048)
+    seq_len = min(ctx, max_seq_len) if max_seq_len else ctx
+    layers = int(_require(cfg, "num_hidden_layers", path))
+    _check_attention_span(cfg, path, seq_len, layers)
+    rope, rope_warnings = read_rope(cfg, str(path), ctx)
     config = LlamaConfig(
         vocab_size=int(_require(cfg, "vocab_size", path)),
         hidden_size=hidden,
         intermediate_size=int(_require(cfg, "intermediate_size", path)),
-        num_layers=int(_require(cfg, "num_hidden_layers", path)),
+        num_layers=layers,
         num_heads=heads, num_kv_heads=kv_heads, head_dim=head_dim,
-        max_seq_len=min(ctx, max_seq_len) if max_seq_len else ctx,
-        rms_norm_eps=float(cfg.get("rms_norm_eps", 1e-6)),
-        rope_theta=float(cfg.get("rope_theta", 10000.0)),
-        rope_scaling=cfg.get("rope_scaling"),
-        tie_word_embeddings=bool(cfg.get("tie_word_embeddings", False)),
-        attention_bias=bool(cfg.get("attention_bias", False)),
-        mlp_bias=bool(cfg.get("mlp_bias", False)),
+        max_seq_len=seq_len,
+        rms_norm_eps=float(_given(cfg, "rms_norm_eps", 1e-6)),
+        rope=rope,
+        tie_word_embeddings=bool(_given(cfg, "tie_word_embeddings", False)),
+        attention_bias=bool(_given(cfg, "attention_bias", False)),
+        mlp_bias=bool(_given(cfg, "mlp_bias", False)),
         bos_token_id=cfg.get("bos_token_id"),
         eos_token_ids=eos_ids,
         architecture=arch,
-        torch_dtype=str(cfg.get("torch_dtype", cfg.get("dtype", "float32"))),
+        torch_dtype=str(cfg.get("torch_dtype") or cfg.get("dtype") or "float32"),
         extra=cfg,
+        warnings=tuple(unknown_key_warnings(cfg, str(path)) + rope_warnings),
     )
-    config.inv_freq()  # reject unsupported rope scaling now, with the file named
     return config

@@ -7,7 +7,7 @@ import pytest
 
 import llmirc
 from llmirc.runtime import Engine, PagePool
-from tests.reference import hf_greedy, hf_model
+from tests.reference import greedy_with_engine, hf_greedy, hf_model
 
 PROMPTS = [[1, 17, 33, 5, 99, 7, 250, 12, 4, 61, 8], [1, 250, 3], [1, 44, 45, 46, 47, 48]]
 
@@ -29,31 +29,11 @@ def test_greedy_64_tokens_batch_of_3_match_transformers(cpu_artifact, hf_runs):
         assert completion.token_ids == ref_tokens
 
 
-def _greedy_with_engine(engine: Engine, prompts, steps, tables):
-    """Batched prefill + decode through the raw ABI; returns tokens and last-step logits."""
-    b = len(prompts)
-    t = max(map(len, prompts))
-    tokens = np.zeros((b, t), np.int64)
-    for i, p in enumerate(prompts):
-        tokens[i, :len(p)] = p
-    lens = np.array([len(p) for p in prompts], np.int64)
-    logits = engine.prefill(tokens, lens, tables)
-    out = [[] for _ in prompts]
-    positions = lens.copy()
-    for _ in range(steps):
-        nxt = logits.argmax(-1).astype(np.int64)
-        for o, n in zip(out, nxt):
-            o.append(int(n))
-        logits = engine.decode(nxt, positions, tables)
-        positions += 1
-    return out, logits
-
-
 def test_last_step_logits_within_1e3(cpu_artifact, hf_runs):
     engine = Engine(cpu_artifact, num_pages=64)
     pages_per_seq = -(-(max(map(len, PROMPTS)) + 64) // engine.page_size)
     tables = np.arange(1, 1 + len(PROMPTS) * pages_per_seq, dtype=np.int64).reshape(len(PROMPTS), -1)
-    tokens, logits = _greedy_with_engine(engine, PROMPTS, 63, tables)
+    tokens, logits = greedy_with_engine(engine, PROMPTS, 63, tables)
     for row, toks, (ref_tokens, ref_logits) in zip(logits, tokens, hf_runs):
         assert toks == ref_tokens[:63]
         np.testing.assert_allclose(row, ref_logits, atol=1e-3, rtol=0)
@@ -64,9 +44,9 @@ def test_interleaved_pages_do_not_leak_between_sequences(cpu_artifact):
     engine = Engine(cpu_artifact, num_pages=32)
     a, b = PROMPTS[0], PROMPTS[2]
     interleaved = np.array([[1, 3, 5, 7, 9, 11, 13, 15, 17, 19], [2, 4, 6, 8, 10, 12, 14, 16, 18, 20]], np.int64)
-    together, _ = _greedy_with_engine(engine, [a, b], 30, interleaved)
-    alone_a, _ = _greedy_with_engine(Engine(cpu_artifact, num_pages=32), [a], 30, interleaved[:1] + 10)
-    alone_b, _ = _greedy_with_engine(Engine(cpu_artifact, num_pages=32), [b], 30, interleaved[1:] + 10)
+    together, _ = greedy_with_engine(engine, [a, b], 30, interleaved)
+    alone_a, _ = greedy_with_engine(Engine(cpu_artifact, num_pages=32), [a], 30, interleaved[:1] + 10)
+    alone_b, _ = greedy_with_engine(Engine(cpu_artifact, num_pages=32), [b], 30, interleaved[1:] + 10)
     assert together == [alone_a[0], alone_b[0]]
 
 

@@ -1,0 +1,149 @@
+"""config.json: one rule for every key (read, inert, unknown -> one warning) and rope settings
+in both layouts, against transformers' own rope functions."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from llmirc.errors import CheckpointError
+from llmirc.frontend import load_config
+from llmirc.frontend.config_keys import INERT, READ
+from tests.cli import run_cli
+
+
+def _write(d: Path, **changes) -> Path:
+    cfg = json.loads((d / "config.json").read_text())
+    for k, v in changes.items():
+        if v is _DROP:
+            cfg.pop(k, None)
+        else:
+            cfg[k] = v
+    (d / "config.json").write_text(json.dumps(cfg))
+    return d
+
+
+_DROP = object()
+
+
+def test_read_and_inert_keys_are_disjoint():
+    assert not READ & set(INERT)
+
+
+@pytest.mark.parametrize("model_type", ["llama", "mistral"])
+def test_every_key_transformers_writes_is_known(model_type):
+    """A new key in the installed transformers' config shows up here before it reaches a user."""
+    from transformers import AutoConfig
+
+    cfg = AutoConfig.for_model(model_type)
+    keys = set(cfg.to_dict()) | set(cfg.to_diff_dict())
+    assert keys - READ - set(INERT) == set()
+
+
+def test_unknown_key_gives_one_warning_line_and_compiles(checkpoint_copy, tmp_path):
+    _write(checkpoint_copy, logit_multiplier=0.5, initializer_range=0.3, pretraining_tp=2, temperature=0.7)
+    out = tmp_path / "model.mlir"
+    res = run_cli("compile", checkpoint_copy, "--emit", "llm", "-o", out, "-q")
+    assert res.exit_code == 0, res.output
+    lines = [ln for ln in res.stderr.splitlines() if ln.strip()]
+    assert len(lines) == 1 and lines[0].startswith("warning: ") and "'logit_multiplier' = 0.5" in lines[0]
+    assert out.is_file()
+
+
+def test_tiny_checkpoint_has_no_warnings(tiny_checkpoint):
+    assert load_config(tiny_checkpoint).warnings == ()
+
+
+# ---- rope: layouts and precedence --------------------------------------------------------
+
+def test_rope_scaling_wins_over_rope_parameters(checkpoint_copy):
+    _write(checkpoint_copy, rope_scaling={"type": "linear", "factor": 2.0}, rope_theta=500.0,
+           rope_parameters={"rope_type": "default", "rope_theta": 7.0})
+    rope = load_config(checkpoint_copy).rope
+    assert (rope.kind, rope.theta, rope.params) == ("linear", 500.0, {"factor": 2.0})
+
+
+def test_theta_inside_rope_parameters_wins_over_top_level(checkpoint_copy):
+    _write(checkpoint_copy, rope_scaling=_DROP, rope_theta=10000.0,
+           rope_parameters={"rope_type": "default", "rope_theta": 1234.0})
+    assert load_config(checkpoint_copy).rope.theta == 1234.0
+
+
+def test_llama3_original_length_defaults_to_max_position_embeddings(checkpoint_copy):
+    _write(checkpoint_copy, rope_scaling=_DROP, rope_parameters={
+        "rope_type": "llama3", "rope_theta": 5e5, "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0})
+    assert load_config(checkpoint_copy).rope.params["original_max_position_embeddings"] == 128
+
+
+def test_per_layer_type_form_is_read(checkpoint_copy):
+    entry = {"rope_type": "linear", "rope_theta": 300.0, "factor": 2.0}
+    _write(checkpoint_copy, rope_scaling=_DROP, layer_types=["full_attention"] * 2,
+           rope_parameters={"full_attention": entry, **entry})
+    assert load_config(checkpoint_copy).rope.describe() == entry
+
+
+def test_per_layer_type_form_that_disagrees_is_refused(checkpoint_copy):
+    """transformers' Llama reads only the top-level entries; a differing per-type entry is ambiguous."""
+    _write(checkpoint_copy, rope_scaling=_DROP, layer_types=["full_attention"] * 2,
+           rope_parameters={"full_attention": {"rope_type": "linear", "rope_theta": 300.0, "factor": 2.0},
+                            "rope_type": "default", "rope_theta": 10000.0})
+    with pytest.raises(CheckpointError, match=r"rope_parameters\.full_attention .* differs from the top-level"):
+        load_config(checkpoint_copy)
+
+
+def test_unread_rope_key_warns(checkpoint_copy):
+    _write(checkpoint_copy, rope_scaling={"rope_type": "linear", "factor": 2.0, "beta_fast": 4})
+    (w,) = load_config(checkpoint_copy).warnings
+    assert "rope_scaling key 'beta_fast' = 4 is not read for rope type 'linear'" in w
+
+
+def test_missing_rope_parameter_is_refused(checkpoint_copy):
+    _write(checkpoint_copy, rope_scaling={"rope_type": "llama3", "factor": 8.0})
+    with pytest.raises(CheckpointError, match="rope_scaling type 'llama3' needs 'low_freq_factor'"):
+        load_config(checkpoint_copy)
+
+
+def test_sliding_window_at_least_the_compiled_length_is_accepted(checkpoint_copy):
+    _write(checkpoint_copy, sliding_window=64)
+    with pytest.raises(CheckpointError, match="compile with --max-seq-len 64"):
+        load_config(checkpoint_copy)
+    assert load_config(checkpoint_copy, max_seq_len=64).max_seq_len == 64
+    _write(checkpoint_copy, sliding_window=128, layer_types=["sliding_attention", "full_attention"])
+    assert load_config(checkpoint_copy).max_seq_len == 128
+
+
+# ---- rope numerics: against transformers' ROPE_INIT_FUNCTIONS ----------------------------
+
+ROPE_CASES = {
+    "default": {"rope_type": "default", "rope_theta": 1000.0},
+    "linear": {"rope_type": "linear", "rope_theta": 10000.0, "factor": 4.0},
+    "dynamic": {"rope_type": "dynamic", "rope_theta": 10000.0, "factor": 2.0},
+    "llama3": {"rope_type": "llama3", "rope_theta": 500000.0, "factor": 8.0, "low_freq_factor": 1.0,
+               "high_freq_factor": 4.0, "original_max_position_embeddings": 16},
+    "yarn": {"rope_type": "yarn", "rope_theta": 10000.0, "factor": 4.0, "original_max_position_embeddings": 32},
+    "yarn-mscale": {"rope_type": "yarn", "rope_theta": 50000.0, "factor": 8.0, "original_max_position_embeddings": 16,
+                    "mscale": 0.7, "mscale_all_dim": 0.5, "beta_fast": 16, "beta_slow": 2, "truncate": False},
+}
+
+
+@pytest.mark.parametrize("case", list(ROPE_CASES))
+def test_inv_freq_and_attention_factor_match_transformers(checkpoint_copy, case):
+    from transformers import LlamaConfig as HFConfig
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    params = ROPE_CASES[case]
+    _write(checkpoint_copy, rope_scaling=_DROP, rope_parameters=dict(params))
+    ours = load_config(checkpoint_copy)
+    hf_cfg = HFConfig.from_pretrained(checkpoint_copy)
+    kind = params["rope_type"]
+    if kind == "default":
+        ref_inv, ref_factor = 1.0 / (params["rope_theta"] ** (np.arange(0, 16, 2, dtype=np.float32) / 16)), 1.0
+    else:
+        inv, ref_factor = ROPE_INIT_FUNCTIONS[kind](hf_cfg, "cpu")
+        ref_inv = inv.numpy()
+    np.testing.assert_allclose(ours.inv_freq(), ref_inv, rtol=1e-6)
+    assert ours.rope.attention_factor(ours.head_dim) == pytest.approx(ref_factor, rel=1e-7)
+    assert ours.attention_scale() == pytest.approx(ours.head_dim ** -0.5 * ref_factor ** 2)
