@@ -295,11 +295,19 @@ def parse_batch_sizes(text: str) -> tuple[int, ...]:
 @click.argument("artifact", type=click.Path(path_type=Path))
 @click.option("--json", "as_json", is_flag=True, help="Print the manifest as JSON.")
 def inspect(artifact: Path, as_json: bool) -> None:
-    """Describe an artifact: model, target, KV ABI, entry points, files."""
-    from .artifacts import describe, read_manifest
+    """Describe an artifact: model, target, KV ABI, entry points, weights, files, devices.
 
-    manifest = read_manifest(_artifact_dir(artifact))
-    click.echo(manifest.to_json() if as_json else describe(manifest))
+    A damaged artifact is described too, with everything wrong with it; the command then
+    exits 1 with one `error:` line.
+    """
+    from .artifacts import describe_report, inspect_artifact
+
+    report = inspect_artifact(_artifact_dir(artifact))
+    click.echo(json.dumps(report.to_dict(), indent=2) if as_json else describe_report(report))
+    if report.problems:
+        n = len(report.problems)
+        raise LlmircError(f"{report.root} is damaged: {n} problem{'s' if n > 1 else ''} (listed above); "
+                          "re-run `llmirc compile` to rebuild the artifact")
 
 
 # ---- opt: llm IR in, llm IR out ----------------------------------------------------------

@@ -153,28 +153,45 @@ def read_manifest(artifact_dir: str | Path, verify_checksums: bool = True) -> Ma
     """Read and validate `<artifact_dir>/manifest.json` and the files it lists.
 
     `verify_checksums=False` skips hashing (it reads every byte of the weights, about 1 s per
-    GB here); presence of every listed file is still checked.
+    GB here); presence of every listed file is still checked. Raises the first problem.
     """
+    manifest = load_manifest(artifact_dir)
+    problems = file_problems(Path(artifact_dir), manifest, verify_checksums)
+    if problems:
+        raise ArtifactError(problems[0])
+    return manifest
+
+
+def load_manifest(artifact_dir: str | Path) -> Manifest:
+    """manifest.json of `artifact_dir`, validated, without looking at the files it lists."""
     root = Path(artifact_dir)
+    if root.exists() and not root.is_dir():
+        raise ArtifactError(f"{root} is a file, not an artifact directory; pass the directory `llmirc compile` "
+                            "wrote (or its model.vmfb)")
     if not root.is_dir():
         raise ArtifactError(f"artifact directory {root} does not exist; pass the directory `llmirc compile` wrote")
     path = root / MANIFEST_NAME
     if not path.is_file():
         raise ArtifactError(f"{path} not found: {root} is not an llmirc artifact; {_RECOMPILE}")
-    manifest = Manifest.from_json(path.read_text(encoding="utf-8", errors="replace"), str(path))
-    for name in REQUIRED_FILES:
-        if name not in manifest.files:
-            raise ArtifactError(f"{path} does not list {name}; {_RECOMPILE}")
+    return Manifest.from_json(path.read_text(encoding="utf-8", errors="replace"), str(path))
+
+
+def file_problems(root: Path, manifest: Manifest, verify_checksums: bool = True) -> list[str]:
+    """Every way the files differ from what the manifest lists (one line each; empty: intact).
+    All of them, not the first: `llmirc inspect` describes a damaged artifact."""
+    path = root / MANIFEST_NAME
+    problems = [f"{path} does not list {name}; {_RECOMPILE}" for name in REQUIRED_FILES
+                if name not in manifest.files]
     for name, digest in manifest.files.items():
         file = root / name
         if Path(name).name != name:
-            raise ArtifactError(f"{path} lists {name!r}, which is not a plain file name; {_RECOMPILE}")
-        if not file.is_file():
-            raise ArtifactError(f"{file} is listed in {MANIFEST_NAME} but missing; {_RECOMPILE}")
-        if verify_checksums and sha256_file(file) != digest:
-            raise ArtifactError(f"{file} does not match its sha256 in {MANIFEST_NAME} "
-                                f"(modified or corrupt); {_RECOMPILE}")
-    return manifest
+            problems.append(f"{path} lists {name!r}, which is not a plain file name; {_RECOMPILE}")
+        elif not file.is_file():
+            problems.append(f"{file} is listed in {MANIFEST_NAME} but missing; {_RECOMPILE}")
+        elif verify_checksums and sha256_file(file) != digest:
+            problems.append(f"{file} does not match its sha256 in {MANIFEST_NAME} (modified or corrupt); "
+                            f"{_RECOMPILE}")
+    return problems
 
 
 def _check_version(data: dict[str, Any], key: str, known: int, where: str) -> None:
