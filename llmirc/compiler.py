@@ -258,7 +258,7 @@ def compile_checkpoint(opts: CompileOptions, progress: Progress | None = _stderr
     result.stage_seconds["iree-compile"] = time.perf_counter() - t
 
     t = stage(f"write artifact {opts.output}")
-    write_bundle(
+    manifest = write_bundle(
         opts.output, vmfb=vmfb, params=_LazyParams(weights, weight_types(model.module),
                                                     stored_transposed(model.module)),
         tokenizer_files=model.tokenizer_files(),
@@ -268,6 +268,9 @@ def compile_checkpoint(opts: CompileOptions, progress: Progress | None = _stderr
         compiler={"llmirc": __version__, "iree": _iree_version(),
                   "weights": _weights_record(dtype, opts.dtype, quant, weight_types(model.module))},
         source={"checkpoint": str(opts.checkpoint)})
+    from .runtime.probe import mark_verified
+
+    mark_verified(manifest.files["model.vmfb"])  # we wrote it: no need to test-run it before use
     result.stage_seconds["write"] = time.perf_counter() - t
     return _timed(result, opts)
 

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from pathlib import Path
 
 import pytest
 
 from llmirc.testing.checkpoints import CheckpointSpec, make_checkpoint
+
+# The runtime remembers modules it has test-run (llmirc/runtime/probe.py) in the user's cache;
+# tests keep those markers to themselves (subprocesses inherit this).
+os.environ["LLMIRC_CACHE_DIR"] = tempfile.mkdtemp(prefix="llmirc-test-cache-")
 
 # Two layers, grouped-query attention (4 query heads share 2 KV heads).
 TINY = CheckpointSpec(layers=2, hidden=64, heads=4, kv_heads=2, intermediate=128, vocab=300, max_seq_len=128,

@@ -42,11 +42,13 @@ class Engine:
     driver that can run what the artifact was compiled for. `num_pages` sizes the pool
     (including the scratch page 0); None picks `default_num_pages`. Raises ArtifactError
     (bad or corrupt artifact), RuntimeDeviceError (device absent, wrong for the artifact, or
-    out of memory for the pool) or LlmircError (num_pages < 2).
+    out of memory for the pool) or LlmircError (num_pages < 2). A module this machine has not
+    run or compiled before is first run in a child process (runtime/probe.py: a corrupt one
+    would otherwise crash this process); `probe=False` or `verify_checksums=False` skips that.
     """
 
     def __init__(self, artifact_dir: str | Path, num_pages: int | None = None, device: str | None = None,
-                 verify_checksums: bool = True) -> None:
+                 verify_checksums: bool = True, probe: bool = True) -> None:
         import iree.runtime as rt
 
         self.artifact_dir = Path(artifact_dir)
@@ -72,6 +74,11 @@ class Engine:
             raise LlmircError(f"--num-pages must be at least 2 (page 0 is the scratch page), got {self.num_pages}")
         self.device_uri: str = device or self.manifest.target.driver
         self.device = open_device(self.manifest, self.device_uri)
+        if probe and verify_checksums:
+            from .probe import ensure_module_runs
+
+            ensure_module_runs(self.artifact_dir, self.manifest.files[VMFB_NAME], self.device_uri,
+                               self.artifact_dir / VMFB_NAME)
         self._staging = self.device_uri.startswith("vulkan")  # device -> host copies: see to_host
 
         self._instance = rt.VmInstance()
@@ -358,7 +365,7 @@ def _load_module(instance, path: Path):
 
     try:
         return rt.VmModule.mmap(instance, str(path))
-    except (RuntimeError, ValueError, OSError) as e:
+    except Exception as e:  # IREE's verifier also raises IndexError (an out-of-range register ordinal)
         raise ArtifactError(f"{path} is not a loadable IREE module ({_first_line(e)}); "
                             "re-run `llmirc compile` to rebuild the artifact") from None
 
