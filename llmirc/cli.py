@@ -33,11 +33,18 @@ class _Group(click.Group):
             return super().main(*args, standalone_mode=False, **kwargs)
         try:
             rv = super().main(*args, standalone_mode=False, **kwargs)
+        except _NO_ARGS_IS_HELP as e:  # `llmirc` or `llmirc testing` alone: the help is the answer
+            click.echo(e.ctx.get_help())
+            sys.exit(0)
         except click.ClickException as e:
             _fail(usage_error_line(e))
         except click.Abort:
             _fail("aborted")
         sys.exit(rv if isinstance(rv, int) else 0)  # --help / --version return their exit code
+
+
+# click >= 8.2 raises this (a UsageError whose message is the whole help) for a group called bare.
+_NO_ARGS_IS_HELP = getattr(click.exceptions, "NoArgsIsHelpError", ())
 
 
 def usage_error_line(e: click.ClickException) -> str:
@@ -58,8 +65,8 @@ def main() -> None:
     """Ahead-of-time compiler for LLM inference on IREE.
 
     \b
-    llmirc compile CHECKPOINT_DIR --target cpu -O2 -o OUT/
-    llmirc run OUT/ --prompt "In the beginning"
+    llmirc compile CHECKPOINT_DIR -o OUT/
+    llmirc run OUT/ --prompt "In the beginning" --repetition-penalty 1.2
     llmirc inspect OUT/
     """
 

@@ -15,15 +15,16 @@ from tests.cli import assert_one_error, run_cli
 
 
 def _compile(checkpoint, out, *extra):
-    # Not quiet: had any work started, its "[1/N] import" line would make a second stderr line.
-    return run_cli("compile", checkpoint, "-o", out, *extra)
+    """Not quiet: had any work started, its "[1/N] import ..." line would be on stderr."""
+    res = run_cli("compile", checkpoint, "-o", out, *extra)
+    assert "[1/" not in res.stderr, res.stderr  # refused before the import stage line
+    return res
 
 
 def test_output_is_an_existing_file(tiny_checkpoint, tmp_path):
     (tmp_path / "out").write_text("mine")
-    res = _compile(tiny_checkpoint, tmp_path / "out")
-    assert_one_error(res, "exists and is not a directory")
-    assert "import" not in res.stderr and (tmp_path / "out").read_text() == "mine"
+    assert_one_error(_compile(tiny_checkpoint, tmp_path / "out"), "exists and is not a directory")
+    assert (tmp_path / "out").read_text() == "mine"
 
 
 def test_output_is_a_directory_that_is_not_an_artifact(tiny_checkpoint, tmp_path):
@@ -98,6 +99,9 @@ def test_usage_errors_point_at_the_commands_help():
 
 def test_help_and_version_still_exit_0():
     assert run_cli("--help").exit_code == 0
+    for bare in ([], ["testing"]):  # a group alone prints its help, as click does, but exits 0
+        res = run_cli(*bare)
+        assert res.exit_code == 0 and res.stdout.startswith("Usage: llmirc") and not res.stderr
     assert run_cli("run", "--help").exit_code == 0 and "0<x<=1" in run_cli("run", "--help").output
     assert run_cli("--version").exit_code == 0
 
