@@ -26,3 +26,12 @@ class PoolExhaustedError(LlmircError):
 
 class PromptTooLongError(LlmircError):
     """A prompt does not fit the model's maximum sequence length."""
+
+
+class SchedulerConfigError(LlmircError, ValueError):
+    """A scheduler limit (max_num_seqs, max_num_batched_tokens, max_model_len) out of range."""
+
+
+class RequestError(LlmircError, ValueError):
+    """A request the engine cannot take: empty prompt, token id outside the vocabulary, a
+    request id already in use."""

@@ -19,6 +19,7 @@ class StopStringMatcher:
     stops: Seq[str]
     text: str = ""  # everything shown so far
     stopped: bool = False
+    stop_string: str | None = None  # the stop string that ended it (the earliest in the text)
     _held: str = field(default="", repr=False)  # tail that might begin a stop string
 
     def feed(self, piece: str) -> str:
@@ -27,8 +28,9 @@ class StopStringMatcher:
         if self.stopped:
             return ""
         buf = self._held + piece
-        cut = min((i for i in (buf.find(s) for s in self.stops) if i >= 0), default=-1)
-        if cut >= 0:
+        found = min(((i, s) for s, i in ((s, buf.find(s)) for s in self.stops) if i >= 0), default=None)
+        if found is not None:
+            cut, self.stop_string = found
             self.stopped, self._held = True, ""
             return self._show(buf[:cut])
         keep = _longest_partial(buf, self.stops)
