@@ -7,8 +7,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import numbers
+import time
 from collections.abc import Iterator, Sequence as Seq
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,14 +18,16 @@ from typing import Any
 
 from llmirc.errors import ArtifactError
 from llmirc.runtime.engine import Engine
-from llmirc.runtime.generator import Generator
-from llmirc.runtime.sampling import SamplingError, SamplingParams
-from llmirc.runtime.stop import StopStringMatcher
+from llmirc.runtime.llm_engine import TOKENIZER_FILE, LLMEngine, RequestOutput, load_tokenizer
+from llmirc.runtime.sampling import SamplingParams
+from llmirc.runtime.scheduler import SchedulerConfig
 
-TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 # Families whose Hugging Face tokenizers prepend BOS unless tokenizer_config says otherwise.
 BOS_BY_DEFAULT = ("Llama", "Mistral", "Mixtral", "Gemma")
+# generate() takes a whole batch at once: a prompt is never cut into chunks only because the
+# step budget is small (on an ABI v1 artifact each later chunk costs one decode per token).
+MIN_BATCHED_TOKENS = 2048
 
 
 @dataclass(frozen=True)
@@ -50,14 +54,41 @@ class StreamEvent:
     finish_reason: str | None
 
 
-class Model:
-    """A loaded artifact: engine, generator and (optional) tokenizer."""
+@dataclass
+class GenerationStats:
+    """What one `generate` call did, for `llmirc run`'s summary line: token counts, time to
+    the first sampled token and generated tokens per second over the whole call (prefill
+    included)."""
 
-    def __init__(self, engine: Engine, tokenizer: Any | None = None, add_bos: bool = False) -> None:
+    prompt_tokens: int = 0
+    generated_tokens: int = 0
+    ttft_s: float | None = None
+    elapsed_s: float = 0.0
+
+    @property
+    def tokens_per_s(self) -> float | None:
+        return self.generated_tokens / self.elapsed_s if self.elapsed_s > 0 and self.generated_tokens else None
+
+    def to_dict(self) -> dict:
+        return {"prompt_tokens": self.prompt_tokens, "generated_tokens": self.generated_tokens,
+                "ttft_s": self.ttft_s, "elapsed_s": self.elapsed_s, "tokens_per_s": self.tokens_per_s}
+
+
+class Model:
+    """A loaded artifact: engine, tokenizer and the LLMEngine that schedules its requests.
+
+    One generate call at a time: a new call aborts whatever an abandoned earlier stream left.
+    """
+
+    def __init__(self, engine: Engine, tokenizer: Any | None = None, add_bos: bool = False,
+                 config: SchedulerConfig | None = None) -> None:
         self.engine = engine
         self.tokenizer = tokenizer
         self.add_bos = add_bos
-        self.generator = Generator(engine)
+        config = config or SchedulerConfig(max_num_batched_tokens=max(MIN_BATCHED_TOKENS, engine.max_seq_len))
+        self.llm = LLMEngine(engine, config, tokenizer, tuple(engine.manifest.model.eos_token_id or ()))
+        self.stats = GenerationStats()  # of the latest generate call, complete once it is consumed
+        self._live: set[str] = set()
 
     @property
     def manifest(self):
@@ -79,30 +110,71 @@ class Model:
     def generate(self, prompts: Seq[str] | Seq[Seq[int]] | str, max_tokens: int = 16, temperature: float = 0.0,
                  top_k: int = 0, top_p: float = 1.0, seed: int | None = None, stream: bool = False,
                  stop_token_ids: Seq[int] | None = None, repetition_penalty: float = 1.0,
-                 stop: Seq[str] | str | None = None) -> list[Completion] | Iterator[StreamEvent]:
+                 stop: Seq[str] | str | None = None, min_p: float = 0.0, presence_penalty: float = 0.0,
+                 frequency_penalty: float = 0.0, ignore_eos: bool = False) -> list[Completion] | Iterator[StreamEvent]:
         """Generate for each prompt (text or token ids; a single one may be passed bare).
 
-        temperature 0 is greedy. stop_token_ids None stops on the manifest's eos ids; `stop`
+        temperature 0 is greedy; with a seed, prompt i draws from seed + i (its own stream,
+        whatever else is batched). stop_token_ids None stops on the manifest's eos ids; `stop`
         strings end a sequence too, and its text stops before them (runtime/stop.py).
         stream=False returns one Completion per prompt, in prompt order; stream=True returns
-        an iterator of StreamEvents in the order tokens are produced. `self.generator.stats`
-        has the token counts and timing once the generation is consumed.
+        an iterator of StreamEvents in the order tokens are produced. Every prompt is checked
+        here (errors are raised now, not on the first `next`). `self.stats` has the token
+        counts and timing once the generation is consumed.
         """
         stops = (stop,) if isinstance(stop, str) else tuple(stop or ())
-        params = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
-                                max_tokens=max_tokens,
-                                stop_token_ids=None if stop_token_ids is None else tuple(stop_token_ids),
-                                repetition_penalty=repetition_penalty, stop=stops)
-        if stops and self.tokenizer is None:
-            raise SamplingError(f"stop strings need text, but {self.engine.artifact_dir} has no {TOKENIZER_FILE}; "
-                                "use stop_token_ids")
+        base = SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, max_tokens=max_tokens,
+                              stop_token_ids=None if stop_token_ids is None else tuple(stop_token_ids),
+                              repetition_penalty=repetition_penalty, stop=stops, min_p=min_p,
+                              presence_penalty=presence_penalty, frequency_penalty=frequency_penalty,
+                              ignore_eos=ignore_eos)
         ids = [self.encode(p) if isinstance(p, str) else [int(t) for t in p] for p in _as_prompt_list(prompts)]
-        texts = [_TextStream(self.tokenizer, stops, p) for p in ids]
-        events = self.generator.generate(ids, params,  # validates now
-                                         text_stop=(lambda i, tok: texts[i].stopped_after(tok)) if stops else None)
+        self._abort_leftovers()
+        requests = []
+        for i, p in enumerate(ids):
+            params = base if seed is None else dataclasses.replace(base, seed=seed + i)
+            rid = f"prompt {i}"
+            self.llm.check_request(rid, p, params)
+            requests.append((rid, p, params))
+        events = self._events(requests)
         if stream:
-            return self._stream(events, texts)
-        return self._collect(self._stream(events, texts), [len(p) for p in ids], bool(stops))
+            return events
+        return self._collect(events, [len(p) for p in ids], bool(stops))
+
+    def _events(self, requests: list[tuple[str, list[int], SamplingParams]]) -> Iterator[StreamEvent]:
+        """Queue the requests, step the engine until they finish, one event per new token."""
+        index = {rid: i for i, (rid, _, _) in enumerate(requests)}
+        self.stats = stats = GenerationStats(prompt_tokens=sum(len(p) for _, p, _ in requests))
+        t0 = time.perf_counter()
+        try:
+            for rid, prompt, params in requests:
+                self.llm.add_request(rid, prompt, params)
+                self._live.add(rid)
+            while self._live:
+                for out in self.llm.step():
+                    if out.request_id in index:
+                        yield from self._to_events(index[out.request_id], out, stats, t0)
+        finally:  # also on error or when the consumer stops iterating early: free the pages now
+            stats.elapsed_s = time.perf_counter() - t0
+            self._abort_leftovers()
+
+    def _to_events(self, i: int, out: RequestOutput, stats: GenerationStats, t0: float) -> Iterator[StreamEvent]:
+        c = out.outputs[0]
+        if c.new_token_ids and stats.ttft_s is None:
+            stats.ttft_s = time.perf_counter() - t0
+        stats.generated_tokens += len(c.new_token_ids)
+        if out.finished:
+            self._live.discard(out.request_id)
+        last = len(c.new_token_ids) - 1
+        for k, tok in enumerate(c.new_token_ids):  # one a step; the text and the finish go with the last
+            yield StreamEvent(i, tok, c.new_text if k == last else "", c.finish_reason if k == last else None)
+
+    def _abort_leftovers(self) -> None:
+        for rid in self._live:
+            self.llm.abort(rid)
+        self._live.clear()
+        while self.llm.has_unfinished_requests():  # report the aborts, so their ids are free again
+            self.llm.step()
 
     def _collect(self, events: Iterator[StreamEvent], prompt_lens: list[int], stops: bool) -> list[Completion]:
         n = len(prompt_lens)
@@ -112,35 +184,19 @@ class Model:
         for ev in events:
             outs[ev.index].append(ev.token_id)
             pieces[ev.index].append(ev.text)
-            reasons[ev.index] = ev.finish_reason or ""
+            reasons[ev.index] = ev.finish_reason or reasons[ev.index]
         # Without stop strings the whole-sequence decode (what transformers' decode gives);
         # with them, the streamed text, which ends before the stop string.
         return [Completion(i, outs[i], "".join(pieces[i]) if stops else self.decode(outs[i]), reasons[i],
                            prompt_lens[i]) for i in range(n)]
-
-    def _stream(self, events, texts: list[_TextStream]) -> Iterator[StreamEvent]:
-        for ev in events:
-            t = texts[ev.seq_index]
-            piece = t.last if t.stops else t.step(ev.token_id)
-            if ev.finish_reason is not None:
-                piece += t.flush()
-            yield StreamEvent(ev.seq_index, ev.token_id, piece, ev.finish_reason)
 
 
 def load(artifact_dir: str | Path, num_pages: int | None = None, device: str | None = None) -> Model:
     """Load an artifact written by `llmirc compile` onto its device (or `device`)."""
     engine = Engine(artifact_dir, num_pages=num_pages, device=device)
     root = Path(artifact_dir)
-    tokenizer = None
-    if (root / TOKENIZER_FILE).is_file():
-        from tokenizers import Tokenizer
-
-        try:
-            tokenizer = Tokenizer.from_file(str(root / TOKENIZER_FILE))
-        except Exception as e:  # the tokenizers library raises its own Exception subclass
-            raise ArtifactError(f"{root / TOKENIZER_FILE} cannot be read by `tokenizers` ({e}); "
-                                "re-run `llmirc compile` to rebuild the artifact") from None
-    return Model(engine, tokenizer, add_bos=should_add_bos(engine.manifest, _read_json(root / TOKENIZER_CONFIG_FILE)))
+    return Model(engine, load_tokenizer(root),
+                 add_bos=should_add_bos(engine.manifest, _read_json(root / TOKENIZER_CONFIG_FILE)))
 
 
 def should_add_bos(manifest, tokenizer_config: dict[str, Any]) -> bool:
@@ -150,41 +206,6 @@ def should_add_bos(manifest, tokenizer_config: dict[str, Any]) -> bool:
     if "add_bos_token" in tokenizer_config:
         return bool(tokenizer_config["add_bos_token"])
     return manifest.model.architecture.startswith(BOS_BY_DEFAULT)
-
-
-class _TextStream:
-    """Incremental detokenizer: text pieces that are complete UTF-8 as tokens arrive, with
-    the tail that may begin a stop string held back (runtime/stop.py).
-
-    With stop strings, the generator calls `step` (through `text_stop`) before the token's
-    event is emitted; the event then shows `last`, the piece that step released."""
-
-    def __init__(self, tokenizer: Any | None, stops: tuple[str, ...] = (), prompt: Seq[int] = ()) -> None:
-        self.tokenizer = tokenizer
-        self.stops = stops
-        self.matcher = StopStringMatcher(stops)
-        self.last = ""
-        if tokenizer is not None:
-            from tokenizers.decoders import DecodeStream
-
-            # Started on the prompt, so the first piece is decoded in context: a tokenizer
-            # that drops a word's leading space at the start of a text (Metaspace) keeps it
-            # here, and `llmirc run` can print prompt + pieces as one text.
-            self._stream = DecodeStream(ids=list(prompt), skip_special_tokens=True)
-
-    def step(self, token_id: int) -> str:
-        """The piece that is safe to show now (also kept as `last`)."""
-        piece = "" if self.tokenizer is None else self._stream.step(self.tokenizer, token_id) or ""
-        self.last = self.matcher.feed(piece) if self.stops else piece
-        return self.last
-
-    def stopped_after(self, token_id: int) -> bool:
-        """`step`, then whether a stop string is complete (the generator's text_stop)."""
-        self.step(token_id)
-        return self.matcher.stopped
-
-    def flush(self) -> str:
-        return self.matcher.flush()
 
 
 def _as_prompt_list(prompts: Any) -> list:

@@ -12,9 +12,11 @@ applies the stop conditions. The engine is not thread-safe: one thread calls eve
 (a server steps it in its own thread and hands it add/abort calls).
 
 The executor is `llmirc.runtime.engine.Engine` or anything with its attributes and
-`decode`, plus `extend` (ABI v2). Without `extend` (an ABI v1 executor) the engine builds
-extend from `prefill` (chunks at position 0) and one `decode` per position (anything
-else): slower, the same tokens.
+`decode`, plus `extend` (ABI v2). Without `extend` (an ABI v1 artifact, whose Engine says
+`supports_extend = False`) the engine builds extend from `prefill` (chunks at position 0)
+and one `decode` per position (anything else): slower, the same tokens. The same decode
+loop gives every position's logits (prompt logprobs) where `extend_all` is missing
+(static-shape targets).
 """
 
 from __future__ import annotations
@@ -132,7 +134,11 @@ class LLMEngine:
         if chunk is not None and chunk < self.max_model_len and not config.long_prefill_token_threshold:
             config = _replace(config, long_prefill_token_threshold=int(chunk))
         self.scheduler = Scheduler(config, self.pool, self.max_model_len)
-        self._has_extend = callable(getattr(executor, "extend", None))
+        # Engine says whether its artifact has them (ABI v2; `extend_all` is not compiled for
+        # static-shape targets); any other executor has them when it has the method.
+        has_extend = callable(getattr(executor, "extend", None))
+        self._has_extend: bool = bool(getattr(executor, "supports_extend", has_extend))
+        self._has_all_logits: bool = self._has_extend and bool(getattr(executor, "supports_all_logits", True))
         self._requests: dict[str, _Request] = {}
         self._prompt_tokens = 0
         self._generation_tokens = 0
@@ -280,7 +286,7 @@ class LLMEngine:
         start = np.array([r.start for r in rows], np.int64)
         lens = np.array([r.num_new_tokens for r in rows], np.int64)
         tables = _block_tables([r.seq for r in rows])
-        if self._has_extend:
+        if self._has_extend and (self._has_all_logits or not all_logits):
             return self.executor.extend(tokens, start, lens, tables, all_logits=all_logits)
         return extend_with_v1(self.executor, tokens, start, lens, tables, all_logits)
 
