@@ -241,7 +241,7 @@ def run(artifact: Path, prompts: tuple[str, ...], prompt_ids: tuple[str, ...], m
     for n in filter(None, notices):
         click.echo(n, err=True)
     if not quiet:
-        click.echo(stats_line(model.generator.stats), err=True)
+        click.echo(stats_line(model.stats), err=True)
 
 
 def context_limit_notice(index: int, generated: int, finish_reason: str, max_tokens: int,
