@@ -376,7 +376,10 @@ def _entry_points(t: TargetProfile, buckets: dict | None, decode_batches: tuple[
     eps = json.loads(json.dumps(DEFAULT_ENTRY_POINTS).replace("i64[", f"{t.index_dtype}["))
     if buckets:
         for name, specs in static_entry_points(buckets).items():
-            eps[name]["functions"] = [export for export, _ in specs]
+            if specs:
+                eps[name]["functions"] = [export for export, _ in specs]
+            else:
+                del eps[name]  # not compiled for static shapes (extend_all)
     if decode_batches:
         eps["decode"]["batch_functions"] = {str(dims["B"]): export
                                             for export, dims in batch_decode_entry_points(decode_batches)}

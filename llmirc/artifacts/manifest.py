@@ -18,7 +18,8 @@ from typing import Any
 from llmirc.errors import ArtifactError
 
 FORMAT_VERSION = 1
-ABI_VERSION = 1
+ABI_VERSION = 2
+READABLE_ABI_VERSIONS = (1, 2)  # v1 artifacts (no extend) still run `llmirc run`; serving needs v2
 MANIFEST_NAME = "manifest.json"
 VMFB_NAME = "model.vmfb"
 PARAMS_NAME = "model.irpa"
@@ -30,9 +31,14 @@ SCRATCH_PAGE = 0
 DEFAULT_ENTRY_POINTS: dict[str, Any] = {
     "prefill": {"args": ["tokens:i64[B,T]", "seq_lens:i64[B]", "block_tables:i64[B,P]", "pool"],
                 "results": ["logits:f32[B,V]", "pool"]},
+    "extend": {"args": ["tokens:i64[B,T]", "start_pos:i64[B]", "new_lens:i64[B]", "block_tables:i64[B,P]",
+                        "pool"], "results": ["logits:f32[B,V]", "pool"]},
+    "extend_all": {"args": ["tokens:i64[B,T]", "start_pos:i64[B]", "new_lens:i64[B]", "block_tables:i64[B,P]",
+                            "pool"], "results": ["logits:f32[B,T,V]", "pool"]},
     "decode": {"args": ["tokens:i64[B]", "positions:i64[B]", "block_tables:i64[B,P]", "pool"],
                "results": ["logits:f32[B,V]", "pool"]},
 }
+REQUIRED_ENTRY_POINTS = {1: ("prefill", "decode"), 2: ("prefill", "extend", "decode")}
 
 _RECOMPILE = "re-run `llmirc compile` to rebuild the artifact"
 
@@ -116,7 +122,7 @@ class Manifest:
         if not isinstance(data, dict):
             raise ArtifactError(f"{where} does not hold a JSON object; {_RECOMPILE}")
         _check_version(data, "format_version", FORMAT_VERSION, where)
-        _check_version(data, "abi_version", ABI_VERSION, where)
+        _check_version(data, "abi_version", READABLE_ABI_VERSIONS, where)
         manifest = cls(
             model=_record_from_dict(ModelInfo, _section(data, "model", where), "model", where),
             target=_record_from_dict(TargetInfo, _section(data, "target", where), "target", where),
@@ -194,21 +200,22 @@ def file_problems(root: Path, manifest: Manifest, verify_checksums: bool = True)
     return problems
 
 
-def _check_version(data: dict[str, Any], key: str, known: int, where: str) -> None:
+def _check_version(data: dict[str, Any], key: str, known: int | tuple[int, ...], where: str) -> None:
+    known = known if isinstance(known, tuple) else (known,)
     if key not in data:
         raise ArtifactError(f"{where} is missing '{key}'; {_RECOMPILE}")
-    if data[key] != known:
-        raise ArtifactError(f"{where} has {key} {data[key]!r} but this llmirc only reads {key} {known}; "
-                            f"use the llmirc version that wrote it or {_RECOMPILE}")
+    if data[key] not in known:
+        raise ArtifactError(f"{where} has {key} {data[key]!r} but this llmirc only reads {key} "
+                            f"{' or '.join(map(str, known))}; use the llmirc version that wrote it or {_RECOMPILE}")
 
 
 def _check_abi_details(manifest: Manifest, where: str) -> None:
-    """ABI v1 fixes the pool layout and the scratch page; anything else is another ABI."""
+    """ABI v1 and v2 fix the pool layout and the scratch page; anything else is another ABI."""
     if list(manifest.kv.layout) != list(KV_LAYOUT):
-        raise ArtifactError(f"{where} has kv.layout {manifest.kv.layout} but ABI 1 needs {list(KV_LAYOUT)}; "
+        raise ArtifactError(f"{where} has kv.layout {manifest.kv.layout} but ABI 1 and 2 need {list(KV_LAYOUT)}; "
                             f"{_RECOMPILE}")
     if manifest.kv.scratch_page != SCRATCH_PAGE:
-        raise ArtifactError(f"{where} has kv.scratch_page {manifest.kv.scratch_page} but ABI 1 needs 0; "
+        raise ArtifactError(f"{where} has kv.scratch_page {manifest.kv.scratch_page} but ABI 1 and 2 need 0; "
                             f"{_RECOMPILE}")
     sizes = {f"model.{n}": getattr(manifest.model, n)
              for n in ("vocab_size", "num_layers", "num_kv_heads", "head_dim", "max_seq_len")}
@@ -216,7 +223,7 @@ def _check_abi_details(manifest: Manifest, where: str) -> None:
     for name, value in sizes.items():
         if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
             raise ArtifactError(f"{where} has {name} {value!r}, expected a positive integer; {_RECOMPILE}")
-    for name in ("prefill", "decode"):
+    for name in REQUIRED_ENTRY_POINTS[manifest.abi_version]:
         if name not in manifest.entry_points:
             raise ArtifactError(f"{where} is missing 'entry_points.{name}'; {_RECOMPILE}")
 

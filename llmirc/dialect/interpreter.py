@@ -184,6 +184,12 @@ def _positions(a, tokens, lens):
     return np.where(t < lens[:, None], t, -1).astype(np.int64)
 
 
+@impl("extend_positions")
+def _extend_positions(a, tokens, start, lens):
+    t = np.arange(tokens.shape[1], dtype=np.int64)[None, :]
+    return np.where(t < lens[:, None], start[:, None].astype(np.int64) + t, -1).astype(np.int64)
+
+
 @impl("last_token")
 def _last_token(a, x, lens):
     return x[np.arange(x.shape[0]), lens - 1]

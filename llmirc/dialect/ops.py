@@ -266,6 +266,20 @@ register(OpSpec(
     operands=(Operand("tokens", "int", 2), Operand("seq_lens", "int", 1)), infer=_positions))
 
 
+def _extend_positions(ts: Types, attrs: Attrs):
+    tokens, start, lens = _int(ts[0], "tokens"), _int(ts[1], "start_pos"), _int(ts[2], "new_lens")
+    expect(tokens.rank == 2 and start.rank == 1 and lens.rank == 1,
+           "tokens must be [batch, seq], start_pos and new_lens [batch]")
+    return (TensorT(tokens.shape, "i64"),)
+
+
+register(OpSpec(
+    "extend_positions", "Extend positions: start_pos[b] + t for t < new_lens[b], else -1 (padding). "
+    "`positions` is the case start_pos = 0.",
+    operands=(Operand("tokens", "int", 2), Operand("start_pos", "int", 1), Operand("new_lens", "int", 1)),
+    infer=_extend_positions))
+
+
 def _last_token(ts: Types, attrs: Attrs):
     x, lens = tensor(ts[0], "input"), _int(ts[1], "seq_lens")
     expect(x.rank == 3, "input must be [batch, seq, hidden]")

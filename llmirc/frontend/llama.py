@@ -119,9 +119,14 @@ def _entry(name: str, args: list, results: list, body) -> None:
 
 
 def build_llama(c: LlamaConfig, ctx: ir.Context | None = None, quantized: dict | None = None) -> ir.Module:
-    """llm IR module with `prefill` and `decode` (contiguous KV cache semantics).
+    """llm IR module with `prefill`, `extend`, `extend_all` and `decode` (contiguous KV cache semantics).
 
     prefill(tokens i64[B,T], seq_lens i64[B], cache) -> (logits f32[B,V], cache)
+    extend(tokens i64[B,T], start_pos i64[B], new_lens i64[B], cache) -> (logits f32[B,V], cache)
+        tokens at positions start_pos[b] .. start_pos[b] + new_lens[b] - 1 attend to the cached
+        prefix and to each other; prefill is extend at 0 (chunked prefill, prefix-cache hits
+        and re-prefill after preemption are extend at the cached length)
+    extend_all(same) -> (logits f32[B,T,V] of every new position, cache)  (prompt logprobs)
     decode(tokens i64[B], positions i64[B], cache) -> (logits f32[B,V], cache)
     `quantized` (a pre-quantized checkpoint's linears) makes those linears quantized_matmuls.
     """
@@ -139,6 +144,16 @@ def build_llama(c: LlamaConfig, ctx: ir.Context | None = None, quantized: dict |
             x, cache = lb.body(tokens, pos, cache)
             return lb.head(b.last_token(x, seq_lens, loc="prefill.last_token")), cache
 
+        def extend(tokens, start_pos, new_lens, cache):
+            pos = b.extend_positions(tokens, start_pos, new_lens, loc="extend.positions")
+            x, cache = lb.body(tokens, pos, cache)
+            return lb.head(b.last_token(x, new_lens, loc="extend.last_token")), cache
+
+        def extend_all(tokens, start_pos, new_lens, cache):
+            pos = b.extend_positions(tokens, start_pos, new_lens, loc="extend_all.positions")
+            x, cache = lb.body(tokens, pos, cache)
+            return lb.head(x), cache
+
         def decode(tokens, positions, cache):
             x, cache = lb.body(b.reshape(tokens, shape=[0, 1]), b.reshape(positions, shape=[0, 1]), cache)
             return lb.head(b.reshape(x, shape=[0, c.hidden_size])), cache
@@ -146,6 +161,9 @@ def build_llama(c: LlamaConfig, ctx: ir.Context | None = None, quantized: dict |
         with ir.InsertionPoint(module.body):
             _entry("prefill", [TensorT((None, None), "i64"), TensorT((None,), "i64"), cache_t],
                    [logits_t, cache_t], prefill)
+            extend_args = [TensorT((None, None), "i64"), TensorT((None,), "i64"), TensorT((None,), "i64"), cache_t]
+            _entry("extend", extend_args, [logits_t, cache_t], extend)
+            _entry("extend_all", extend_args, [TensorT((None, None, c.vocab_size), F32), cache_t], extend_all)
             _entry("decode", [TensorT((None,), "i64"), TensorT((None,), "i64"), cache_t],
                    [logits_t, cache_t], decode)
     return module

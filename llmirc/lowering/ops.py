@@ -402,6 +402,22 @@ def positions(e: Emitter, op: LOp) -> list[TV]:
     return e.generic(2, [(lens, ["d0"])], [(out, identity(2))], body)
 
 
+@lowering("extend_positions")
+def extend_positions(e: Emitter, op: LOp) -> list[TV]:
+    tokens, start, lens = op.operands
+    out = e.empty(op.result_dims(0, tokens.dims), "i64")
+    minus1 = e.const(-1, "i64")
+
+    def body(a):
+        t = e.v(f"arith.index_cast {e.index(1)} : index to i64")
+        s0, ln = (x if dt == "i64" else e.v(f"arith.extsi {x} : {dt} to i64")
+                  for x, dt in ((a[0], start.dtype), (a[1], lens.dtype)))
+        live = e.v(f"arith.cmpi slt, {t}, {ln} : i64")
+        return [e.v(f"arith.select {live}, {e.v(f'arith.addi {s0}, {t} : i64')}, {minus1} : i64")]
+
+    return e.generic(2, [(start, ["d0"]), (lens, ["d0"])], [(out, identity(2))], body)
+
+
 @lowering("rope")
 def rope(e: Emitter, op: LOp) -> list[TV]:
     x, pos = op.operands

@@ -6,6 +6,8 @@ the per-op lowerings in ops.py, kv.py (paged KV cache) and fused.py (ops of the 
 
     prefill(tokens i64[?,?], seq_lens i64[?], block_tables i64[?,?],
             pool f32[?,L,2,BS,KH,D] {iree.abi.output = 1 : index}) -> (logits f32[?,V], pool)
+    extend(tokens i64[?,?], start_pos i64[?], new_lens i64[?], block_tables i64[?,?], pool {...})
+        -> (logits f32[?,V], pool);  extend_all: the same with logits f32[?,?,V]
     decode(tokens i64[?], positions i64[?], block_tables i64[?,?], pool {...}) -> (same)
 
 The pool result is tied to the pool argument (argument 3 is the storage of result 1), so
@@ -71,6 +73,11 @@ def static_entry_points(buckets: dict) -> dict[str, list[tuple[str, dict[str, in
     return {
         "prefill": [(f"prefill_b{b}_t{t}", {"B": b, "T": t, "P": p, "N": n})
                     for b in buckets["batch"] for t in buckets["prefill_len"]],
+        "extend": [(f"extend_b{b}_t{t}", {"B": b, "T": t, "P": p, "N": n})
+                   for b in buckets["batch"] for t in buckets["prefill_len"]],
+        # Every position's logits (prompt logprobs) are [B, T, V]: not worth a bucket set of
+        # their own on a static-shape target; the runtime says so when they are asked for.
+        "extend_all": [],
         "decode": [(f"decode_b{b}", {"B": b, "P": p, "N": n}) for b in buckets["batch"]],
     }
 
@@ -81,7 +88,9 @@ def batch_decode_entry_points(decode_batches: tuple[int, ...]) -> list[tuple[str
 
 
 # Static shapes of the ABI arguments (docs/abi.md), by function and argument index.
-_STATIC_ARGS = {"prefill": (("B", "T"), ("B",), ("B", "P")), "decode": (("B",), ("B",), ("B", "P"))}
+_STATIC_ARGS = {"prefill": (("B", "T"), ("B",), ("B", "P")), "decode": (("B",), ("B",), ("B", "P")),
+                "extend": (("B", "T"), ("B",), ("B",), ("B", "P")),
+                "extend_all": (("B", "T"), ("B",), ("B",), ("B", "P"))}
 
 
 class _ModuleLowering:

@@ -94,9 +94,16 @@ class Engine:
             raise RuntimeDeviceError(
                 f"{self.artifact_dir / VMFB_NAME} could not be initialised on device {self.device_uri!r} "
                 f"(compiled for target {self.manifest.target.name!r}): {_first_line(e)}") from None
+        eps = self.manifest.entry_points
+        # ABI v2 (docs/abi.md): `extend` computes new tokens after a cached prefix (chunked
+        # prefill, prefix-cache hits, re-prefill after preemption); v1 artifacts lack it.
+        self.supports_extend: bool = "extend" in eps
+        self.supports_all_logits: bool = "extend_all" in eps and self.buckets is None
         if self.buckets is None:
             self._prefill = self._function("prefill")
             self._decode = self._function("decode")
+            self._extend = self._function("extend") if self.supports_extend else None
+            self._extend_all = self._function("extend_all") if self.supports_all_logits else None
             # -O3 CPU artifacts: `decode` specialised to a static batch (faster matmuls there).
             self._decode_by_batch = {int(b): self._function(name) for b, name in
                                      self.manifest.entry_points["decode"].get("batch_functions", {}).items()}
@@ -104,6 +111,8 @@ class Engine:
             self._prefill_fns = {(b, t): self._function(f"prefill_b{b}_t{t}")
                                  for b in self.buckets.batch for t in self.buckets.prefill_len}
             self._decode_fns = {b: self._function(f"decode_b{b}") for b in self.buckets.batch}
+            self._extend_fns = {(b, t): self._function(f"extend_b{b}_t{t}") for b in self.buckets.batch
+                                for t in self.buckets.prefill_len} if self.supports_extend else {}
         self.pool_shape = (self.num_pages, m.num_layers, 2, kv.page_size, m.num_kv_heads, m.head_dim)
         self.pool = device_zeros(self.device, self.pool_shape, kv_numpy_dtype(kv.dtype))
 
@@ -122,6 +131,37 @@ class Engine:
         if self.buckets is not None:
             return self._prefill_static(tokens, seq_lens, block_tables)
         return self._call(self._prefill, tokens, seq_lens, block_tables)
+
+    def extend(self, tokens: np.ndarray, start_pos: np.ndarray, new_lens: np.ndarray, block_tables: np.ndarray,
+               all_logits: bool = False) -> np.ndarray:
+        """Compute tokens[b, :new_lens[b]] at positions start_pos[b].. after the cached prefix
+        (its K/V already in the row's pages), write their K/V, and return f32[B, V] logits of
+        each row's last new token, or f32[B, T, V] of every new position with `all_logits`.
+
+        Rows with new_lens 0 are padding (no write; their logits are meaningless).
+        """
+        tokens, start_pos, new_lens, block_tables = (_i64(x) for x in (tokens, start_pos, new_lens, block_tables))
+        if not self.supports_extend:
+            raise ArtifactError(f"{self.artifact_dir} was compiled with ABI v{self.manifest.abi_version}, which has "
+                                "no 'extend' entry point (needed for serving, prefix caching and chunked "
+                                "prefill); re-run `llmirc compile` to rebuild it with ABI v2")
+        if all_logits and not self.supports_all_logits:
+            raise ArtifactError(f"{self.artifact_dir} (target {self.manifest.target.name}) has no 'extend_all' "
+                                "entry point: prompt logprobs are not compiled for static-shape targets")
+        b = tokens.shape[:1]
+        if tokens.ndim != 2 or start_pos.shape != b or new_lens.shape != b or block_tables.shape[:1] != b:
+            raise ValueError(f"extend wants tokens[B,T], start_pos[B], new_lens[B], block_tables[B,P]; got "
+                             f"{tokens.shape}, {start_pos.shape}, {new_lens.shape}, {block_tables.shape}")
+        if np.any(new_lens < 0) or np.any(new_lens > tokens.shape[1]) or np.any(start_pos < 0):
+            raise ValueError(f"new_lens must be in 0..{tokens.shape[1]} and start_pos >= 0, got "
+                             f"{new_lens.tolist()} and {start_pos.tolist()}")
+        if np.any(start_pos + new_lens > block_tables.shape[1] * self.page_size):
+            raise ValueError(f"start_pos + new_lens {(start_pos + new_lens).tolist()} pass the end of the block "
+                             f"tables ({block_tables.shape[1]} pages of {self.page_size})")
+        self._check_ids(tokens, block_tables)
+        if self.buckets is not None:
+            return self._extend_static(tokens, start_pos, new_lens, block_tables)
+        return self._call(self._extend_all if all_logits else self._extend, tokens, start_pos, new_lens, block_tables)
 
     def decode(self, tokens: np.ndarray, positions: np.ndarray, block_tables: np.ndarray) -> np.ndarray:
         """Write K/V of tokens[b] at positions[b] and return f32[B, V] next-token logits."""
@@ -172,6 +212,24 @@ class Engine:
             lens = np.zeros(b, np.int64)
             lens[:n] = seq_lens[lo:lo + n]
             logits = self._call(self._prefill_fns[(b, t)], tok, lens, bk.pad_tables(block_tables[lo:lo + n], b))
+            outs.append(logits[:n])
+        return np.concatenate(outs)
+
+    def _extend_static(self, tokens: np.ndarray, start_pos: np.ndarray, new_lens: np.ndarray,
+                       block_tables: np.ndarray) -> np.ndarray:
+        """As _prefill_static, through the extend buckets; padding rows have new_lens 0."""
+        bk = self.buckets
+        t = bk.fit_len(max(1, int(new_lens.max())))
+        tokens = tokens[:, :t] if tokens.shape[1] > t else tokens  # columns past every new_len are padding
+        outs = []
+        for lo in range(0, tokens.shape[0], bk.batch[-1]):
+            n = min(bk.batch[-1], tokens.shape[0] - lo)
+            b = bk.fit_batch(n)
+            tok = np.zeros((b, t), np.int64)
+            tok[:n, :tokens.shape[1]] = tokens[lo:lo + n]
+            start, lens = np.zeros(b, np.int64), np.zeros(b, np.int64)
+            start[:n], lens[:n] = start_pos[lo:lo + n], new_lens[lo:lo + n]
+            logits = self._call(self._extend_fns[(b, t)], tok, start, lens, bk.pad_tables(block_tables[lo:lo + n], b))
             outs.append(logits[:n])
         return np.concatenate(outs)
 

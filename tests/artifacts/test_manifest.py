@@ -51,7 +51,7 @@ def test_bundle_lists_and_hashes_every_file(artifact):
     assert sorted(p.name for p in artifact.iterdir()) == ["manifest.json", "model.irpa", "model.vmfb", "tokenizer.json"]
     assert m.model.num_kv_heads == 1 and m.kv.page_size == 4 and m.target.driver == "local-task"
     assert m.kv.layout == ["page", "layer", "kv", "slot", "kv_head", "head_dim"]
-    assert set(m.entry_points) == {"prefill", "decode"}
+    assert set(m.entry_points) == {"prefill", "extend", "extend_all", "decode"}
     assert m.compiler["llmirc"]
     params = read_params(artifact / "model.irpa")
     np.testing.assert_array_equal(params["embed.weight"], PARAMS["embed.weight"])
@@ -82,10 +82,16 @@ def test_manifest_not_json(artifact):
         read_manifest(artifact)
 
 
-@pytest.mark.parametrize("key", ["abi_version", "format_version"])
-def test_unknown_versions(artifact, key):
-    _edit_manifest(artifact, lambda d: d.update({key: 2}))
-    with pytest.raises(ArtifactError, match=f"has {key} 2 but this llmirc only reads {key} 1"):
+@pytest.mark.parametrize("key,known", [("abi_version", "1 or 2"), ("format_version", "1")])
+def test_unknown_versions(artifact, key, known):
+    _edit_manifest(artifact, lambda d: d.update({key: 3}))
+    with pytest.raises(ArtifactError, match=f"has {key} 3 but this llmirc only reads {key} {known}"):
+        read_manifest(artifact)
+
+
+def test_abi_v2_needs_extend(artifact):
+    _edit_manifest(artifact, lambda d: d["entry_points"].pop("extend"))
+    with pytest.raises(ArtifactError, match="missing 'entry_points.extend'"):
         read_manifest(artifact)
 
 

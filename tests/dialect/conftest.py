@@ -159,6 +159,7 @@ def build_all_ops_module() -> ir.Module:
             q = b.reshape(y, shape=[0, 0, 4, 4], loc="reshape_q")
             k = b.reshape(b.linear(x, w("k", 8, 8)), shape=[0, 0, 2, 4], loc="reshape_k")
             pos = b.positions(ids, lens, loc="positions")
+            b.extend_positions(ids, lens, lens, loc="extend_positions")
             q = b.rope(q, pos, inv_freq=[1.0, 0.1], loc="rope")
             heads = dict(num_heads=4, num_kv_heads=2, head_dim=4, scale=0.5)
             c = b.append_kv(cache, k, k, pos, layer=0, loc="append_kv")

@@ -272,6 +272,8 @@ def test_positions_last_token_argmax(rng):
     tokens, lens = rng.integers(0, 9, (3, 4)), np.array([4, 1, 2], np.int64)
     pos = run_op("positions", tokens, lens)
     assert pos.tolist() == [[0, 1, 2, 3], [0, -1, -1, -1], [0, 1, -1, -1]]
+    start = np.array([5, 0, 9], np.int64)
+    assert run_op("extend_positions", tokens, start, lens).tolist() == [[5, 6, 7, 8], [0, -1, -1, -1], [9, 10, -1, -1]]
     x = randn(rng, 3, 4, 5)
     close(run_op("last_token", x, lens), np.stack([x[i, n - 1] for i, n in enumerate(lens)]), atol=0, rtol=0)
     x = rng.integers(-3, 3, (3, 6)).astype(np.float32)  # many ties: the first maximum wins

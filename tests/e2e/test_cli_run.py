@@ -28,7 +28,7 @@ def test_inspect_words_and_json(cpu_artifact):
     res = run_cli("inspect", cpu_artifact)
     assert res.exit_code == 0 and "cpu" in res.stdout and "page" in res.stdout.lower()
     data = json.loads(run_cli("inspect", cpu_artifact, "--json").stdout)
-    assert data["abi_version"] == 1 and data["kv"]["page_size"] == 8
+    assert data["abi_version"] == 2 and data["kv"]["page_size"] == 8
     assert set(data["files"]) >= {"model.vmfb", "model.irpa", "tokenizer.json"}
 
 

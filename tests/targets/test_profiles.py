@@ -138,7 +138,9 @@ def test_tpu_like_iree_input_is_static_and_padded(tiny_checkpoint, tmp_path):
     text = out.read_text()
     heads = [ln.split("(")[0].strip() for ln in text.splitlines() if ln.strip().startswith("func.func")]
     assert heads == ["func.func @prefill_b1_t16", "func.func @prefill_b1_t64", "func.func @prefill_b2_t16",
-                     "func.func @prefill_b2_t64", "func.func @decode_b1", "func.func @decode_b2"]
+                     "func.func @prefill_b2_t64", "func.func @extend_b1_t16", "func.func @extend_b1_t64",
+                     "func.func @extend_b2_t16", "func.func @extend_b2_t64", "func.func @decode_b1",
+                     "func.func @decode_b2"]
     assert "tensor.dim" not in text and "?x" not in text  # every shape static
     assert "tensor<2x64xi64>, %arg1: tensor<2xi64>, %arg2: tensor<2x8xi64>, %arg3: tensor<17x2x2x16x2x16xf32>" in text
     # hidden 64 -> K padded to 128; vocab 300 -> N padded to 384; 2x16 rows are already a multiple of 8
