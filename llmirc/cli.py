@@ -182,7 +182,7 @@ def _artifact_dir(path: Path) -> Path:
 
 @main.command()
 @click.argument("artifact", type=click.Path(path_type=Path))
-@click.option("--prompt", "prompts", multiple=True, help="Prompt text (repeat for a batch).")
+@click.option("--prompt", "prompts", multiple=True, help="Prompt text (repeat for a batch); - reads it from stdin.")
 @click.option("--prompt-ids", "prompt_ids", multiple=True, help="Prompt as token ids '1,2,3' (repeatable).")
 @click.option("--max-tokens", type=click.IntRange(1), default=32, show_default=True)
 @click.option("--temperature", type=click.FloatRange(0), default=0.0, show_default=True,
@@ -211,6 +211,7 @@ def run(artifact: Path, prompts: tuple[str, ...], prompt_ids: tuple[str, ...], m
 
     if not prompts and not prompt_ids:
         raise LlmircError("give at least one --prompt or --prompt-ids")
+    prompts = stdin_prompts(prompts, click.get_text_stream("stdin"))
     try:
         id_prompts = [[int(t) for t in p.split(",") if t.strip()] for p in prompt_ids]
     except ValueError:
@@ -242,6 +243,20 @@ def run(artifact: Path, prompts: tuple[str, ...], prompt_ids: tuple[str, ...], m
         click.echo(n, err=True)
     if not quiet:
         click.echo(stats_line(model.stats), err=True)
+
+
+def stdin_prompts(prompts: tuple[str, ...], stdin) -> tuple[str, ...]:
+    """`--prompt -` is the text on stdin (read once; one trailing newline dropped: the one a
+    shell's echo or a file's last line adds)."""
+    if "-" not in prompts:
+        return prompts
+    if prompts.count("-") > 1:
+        raise LlmircError("--prompt - reads stdin, which can be given only once")
+    text = stdin.read()
+    text = text[:-2] if text.endswith("\r\n") else text[:-1] if text.endswith("\n") else text
+    if not text:
+        raise LlmircError("--prompt - read an empty prompt from stdin")
+    return tuple(text if p == "-" else p for p in prompts)
 
 
 def context_limit_notice(index: int, generated: int, finish_reason: str, max_tokens: int,
@@ -315,6 +330,101 @@ def inspect(artifact: Path, as_json: bool) -> None:
         n = len(report.problems)
         raise LlmircError(f"{report.root} is damaged: {n} problem{'s' if n > 1 else ''} (listed above); "
                           "re-run `llmirc compile` to rebuild the artifact")
+
+
+# ---- serve / chat (docs/serving.md) ---------------------------------------------------------
+
+@main.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on (0.0.0.0: every "
+              "interface; there is no TLS, put a proxy in front).")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True)
+@click.option("--api-key", envvar="LLMIRC_API_KEY", help="Require `Authorization: Bearer KEY` on /v1 and "
+              "/tokenize (also from $LLMIRC_API_KEY).")
+@click.option("--served-model-name", multiple=True, help="Name clients pass as `model` (repeatable; default: "
+              "the artifact path).")
+@click.option("--chat-template", type=click.Path(path_type=Path), help="Jinja2 chat template file (default: the "
+              "artifact's tokenizer_config.json chat_template).")
+@click.option("--max-model-len", type=click.IntRange(1), help="Context per request, prompt + output (default: the "
+              "artifact's max_seq_len).")
+@click.option("--max-num-seqs", type=click.IntRange(1), help="Sequences in one step (default 256).")
+@click.option("--max-num-batched-tokens", type=click.IntRange(1), help="Tokens computed in one step: decode rows "
+              "plus prefill chunks (default 2048).")
+@click.option("--enable-prefix-caching/--no-enable-prefix-caching", default=True, show_default=True,
+              help="Reuse the KV pages of a prompt prefix seen before.")
+@click.option("--num-pages", type=click.IntRange(2), help="KV pages in the device pool (default: room for 8 "
+              "full-length sequences, at most 1 GiB).")
+@click.option("--device", help="Runtime driver or device URI (default: the manifest's driver), e.g. cuda://1.")
+@click.option("--max-request-bytes", type=click.IntRange(1), help="Largest request body accepted (default 4 MiB).")
+@click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
+              show_default=True)
+def serve(artifact: Path, host: str, port: int, api_key: str | None, served_model_name: tuple[str, ...],
+          chat_template: Path | None, max_model_len: int | None, max_num_seqs: int | None,
+          max_num_batched_tokens: int | None, enable_prefix_caching: bool, num_pages: int | None,
+          device: str | None, max_request_bytes: int | None, log_level: str) -> None:
+    """Serve an artifact over HTTP with OpenAI's API (/v1/completions, /v1/chat/completions).
+
+    Also GET /v1/models, /health, /metrics (Prometheus) and POST /tokenize. Needs the serve
+    extra: pip install 'llmirc[serve]'. Flags are spelled as `vllm serve` spells them.
+    """
+    from .serving.server import ServeOptions, require_serve_extra, serve as run_server
+
+    require_serve_extra()
+    run_server(ServeOptions(_artifact_dir(artifact), host=host, port=port, api_key=api_key,
+                            served_model_name=served_model_name, chat_template=chat_template,
+                            max_model_len=max_model_len, num_pages=num_pages, device=device,
+                            max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
+                            enable_prefix_caching=enable_prefix_caching, max_body_bytes=max_request_bytes,
+                            log_level=log_level),
+               announce=lambda line: click.echo(line, err=True))
+
+
+@main.command()
+@click.argument("artifact", type=click.Path(path_type=Path))
+@click.option("--system", help="System message that starts the conversation.")
+@click.option("--chat-template", type=click.Path(path_type=Path), help="Jinja2 chat template file (default: the "
+              "artifact's).")
+@click.option("--max-tokens", type=click.IntRange(1), default=256, show_default=True, help="Longest reply.")
+@click.option("--temperature", type=click.FloatRange(0), default=0.0, show_default=True, help="0 = greedy.")
+@click.option("--top-k", type=click.IntRange(0), default=0, help="Keep the k most likely tokens (0 = all).")
+@click.option("--top-p", type=click.FloatRange(0, 1, min_open=True), default=1.0, show_default=True)
+@click.option("--repetition-penalty", type=click.FloatRange(0, min_open=True), default=1.0, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--num-pages", type=click.IntRange(2), help="KV pages in the device pool.")
+@click.option("--device", help="Runtime driver or device URI (default: the manifest's driver).")
+def chat(artifact: Path, system: str | None, chat_template: Path | None, max_tokens: int, temperature: float,
+         top_k: int, top_p: float, repetition_penalty: float, seed: int, num_pages: int | None,
+         device: str | None) -> None:
+    """Chat with an artifact in the terminal, one line per message (/exit or end of input ends it).
+
+    Uses the artifact's chat template (or --chat-template); reads stdin, so it can be piped.
+    """
+    from .runtime.llm_engine import LLMEngine
+    from .runtime.sampling import SamplingParams
+    from .serving.chat_template import load_chat_template
+    from .serving.terminal_chat import ChatSession, run_chat
+
+    root = _artifact_dir(artifact)
+    try:
+        template = load_chat_template(root, chat_template)
+    except ImportError:
+        raise LlmircError("`llmirc chat` needs jinja2: pip install 'llmirc[serve]'") from None
+    if template is None:
+        raise LlmircError(f"{root} has no chat template (no chat_template in its tokenizer_config.json); "
+                          "pass --chat-template FILE")
+    engine = LLMEngine.from_artifact(root, num_pages=num_pages, device=device)
+    if engine.tokenizer is None:
+        raise LlmircError(f"{root} has no tokenizer.json; `llmirc chat` needs text")
+
+    def params(budget: int) -> SamplingParams:
+        return SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, max_tokens=budget,
+                              repetition_penalty=repetition_penalty)
+
+    stdin, tty = click.get_text_stream("stdin"), click.get_text_stream("stdin").isatty()
+    session = ChatSession(engine, template, params, max_tokens, system, notice=lambda m: click.echo(m, err=True))
+    run_chat(session, iter(stdin.readline, ""), write=lambda piece: click.echo(piece, nl=False),
+             prompt=(lambda: click.echo("> ", nl=False, err=True)) if tty else (lambda: None),
+             error=lambda m: click.echo(m, err=True))
 
 
 # ---- opt: llm IR in, llm IR out ----------------------------------------------------------

@@ -12,7 +12,7 @@ from __future__ import annotations
 import time
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_serializer
 
 # Bounds that keep one client from taking all memory or all sequences (docs/serving.md).
 MAX_N = 16               # choices per prompt
@@ -189,8 +189,14 @@ class ChatCompletionResponse(BaseModel):
 
 
 class Delta(BaseModel):
+    """A chunk's change to the message: only what changed (OpenAI sends `role` once)."""
+
     role: str | None = None
     content: str | None = None
+
+    @model_serializer
+    def _only_set(self) -> dict[str, str]:
+        return {k: v for k, v in (("role", self.role), ("content", self.content)) if v is not None}
 
 
 class ChatChunkChoice(BaseModel):

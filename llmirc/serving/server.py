@@ -135,7 +135,10 @@ def serve(opts: ServeOptions, announce=print) -> None:
     announce(f"serving {opts.artifact} as {app.state.model.names[0]!r} on http://{host}:{port} "
              f"(max_model_len {app.state.model.max_model_len}; OpenAI API under /v1)")
     server = uvicorn.Server(uvicorn.Config(app, log_level=opts.log_level, timeout_graceful_shutdown=5))
-    server.run(sockets=[sock])
+    try:
+        server.run(sockets=[sock])
+    except KeyboardInterrupt:  # uvicorn re-raises the Ctrl-C it shut down on: a normal stop
+        pass
 
 
 @dataclass

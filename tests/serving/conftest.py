@@ -67,3 +67,40 @@ def serve_fake(tokenizer):
     yield start
     for s in stack:
         s.__exit__()
+
+
+# ---- the real engine on a compiled artifact ----------------------------------------------
+
+@pytest.fixture(scope="session")
+def serve_artifact(tiny_checkpoint, tmp_path_factory) -> Path:
+    """The tiny checkpoint compiled here at -O3 (ABI v2: extend), 8-token pages."""
+    from tests.e2e.conftest import compile_artifact
+
+    return compile_artifact(tiny_checkpoint, tmp_path_factory.mktemp("serve") / "tiny-o3", opt_level=3, page_size=8)
+
+
+@pytest.fixture(scope="session")
+def template_file(tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("tmpl") / "chatml.jinja"
+    path.write_text(CHATML)
+    return path
+
+
+def real_app(artifact: Path, template: Path | None = None, **opts):
+    """(app, LLMEngine) for the artifact, built as `llmirc serve` builds them."""
+    from llmirc.serving.server import ServeOptions, build_server_app, load_engine
+
+    o = ServeOptions(artifact, chat_template=template, **opts)
+    engine = load_engine(o)
+    return build_server_app(o, engine), engine
+
+
+def run_alone(engine, ids: list[int], params) -> tuple[list[int], str, str]:
+    """(token ids, text, finish reason) of one request with nothing else in the engine."""
+    engine.add_request("alone", ids, params)
+    final = None
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            final = out
+    c = final.outputs[0]
+    return c.token_ids, c.text, c.finish_reason
