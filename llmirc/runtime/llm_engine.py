@@ -66,7 +66,9 @@ class RequestOutput:
 
 @dataclass
 class EngineStats:
-    """Now (running/waiting sequences, pages) and cumulative counters (tokens)."""
+    """Now (running/waiting sequences: an n > 1 request counts n; pages) and cumulative
+    counters (preemptions; tokens: prefix-cache queries count every token looked up at each
+    admission, hits the tokens found cached)."""
 
     num_running: int
     num_waiting: int
@@ -133,7 +135,7 @@ class LLMEngine:
         chunk = getattr(executor, "max_prefill_len", None)  # static-shape targets: longest compiled chunk
         if chunk is not None and chunk < self.max_model_len and not config.long_prefill_token_threshold:
             config = _replace(config, long_prefill_token_threshold=int(chunk))
-        self.scheduler = Scheduler(config, self.pool, self.max_model_len)
+        self.scheduler = Scheduler(config, self.pool)
         # Engine says whether its artifact has them (ABI v2; `extend_all` is not compiled for
         # static-shape targets); any other executor has them when it has the method.
         has_extend = callable(getattr(executor, "extend", None))

@@ -101,6 +101,15 @@ class Sequence:
     def all_token_ids(self) -> list[int]:
         return self.prompt_token_ids + self.output_token_ids
 
+    def token_slice(self, lo: int, hi: int) -> list[int]:
+        """all_token_ids[lo:hi] without building the whole list (prompts can be long)."""
+        n = len(self.prompt_token_ids)
+        if hi <= n:
+            return self.prompt_token_ids[lo:hi]
+        if lo >= n:
+            return self.output_token_ids[lo - n:hi - n]
+        return self.prompt_token_ids[lo:] + self.output_token_ids[:hi - n]
+
     @property
     def finished(self) -> bool:
         return self.status is Status.FINISHED
@@ -122,7 +131,7 @@ class ScheduledSeq:
 
     @property
     def token_ids(self) -> list[int]:
-        return self.seq.all_token_ids[self.start:self.start + self.num_new_tokens]
+        return self.seq.token_slice(self.start, self.start + self.num_new_tokens)
 
     @property
     def completes(self) -> bool:
@@ -143,11 +152,10 @@ class SchedulerOutput:
 class Scheduler:
     """Waiting and running queues over one PagePool (and its PrefixCache when enabled)."""
 
-    def __init__(self, config: SchedulerConfig, pool: PagePool, max_model_len: int) -> None:
+    def __init__(self, config: SchedulerConfig, pool: PagePool) -> None:
         self.config = config
         self.pool = pool
         self.page_size = pool.page_size
-        self.max_model_len = max_model_len
         self.cache: PrefixCache | None = PrefixCache(pool) if config.enable_prefix_caching else None
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []  # admission order: the newest is last
@@ -296,10 +304,11 @@ class Scheduler:
     def _cache_full_pages(self, seq: Sequence) -> None:
         if self.cache is None or seq.cache_node is None:
             return
-        tokens, ps = seq.all_token_ids, self.page_size
+        ps = self.page_size
         while seq.num_cached_pages < seq.num_computed_tokens // ps:
             i = seq.num_cached_pages
-            seq.cache_node = self.cache.insert(seq.cache_node, tokens[i * ps:(i + 1) * ps], seq.block_table[i])
+            seq.cache_node = self.cache.insert(seq.cache_node, seq.token_slice(i * ps, (i + 1) * ps),
+                                               seq.block_table[i])
             seq.num_cached_pages += 1
 
     def _preempt(self, seq: Sequence) -> None:
