@@ -211,7 +211,7 @@ def run(artifact: Path, prompts: tuple[str, ...], prompt_ids: tuple[str, ...], m
 
     if not prompts and not prompt_ids:
         raise LlmircError("give at least one --prompt or --prompt-ids")
-    prompts = stdin_prompts(prompts, click.get_text_stream("stdin"))
+    prompts = stdin_prompts(prompts, sys.stdin)
     try:
         id_prompts = [[int(t) for t in p.split(",") if t.strip()] for p in prompt_ids]
     except ValueError:
@@ -420,7 +420,7 @@ def chat(artifact: Path, system: str | None, chat_template: Path | None, max_tok
         return SamplingParams(temperature=temperature, top_k=top_k, top_p=top_p, seed=seed, max_tokens=budget,
                               repetition_penalty=repetition_penalty)
 
-    stdin, tty = click.get_text_stream("stdin"), click.get_text_stream("stdin").isatty()
+    stdin, tty = sys.stdin, sys.stdin.isatty()
     session = ChatSession(engine, template, params, max_tokens, system, notice=lambda m: click.echo(m, err=True))
     run_chat(session, iter(stdin.readline, ""), write=lambda piece: click.echo(piece, nl=False),
              prompt=(lambda: click.echo("> ", nl=False, err=True)) if tty else (lambda: None),
