@@ -261,6 +261,12 @@ def toy_artifact(tmp_path_factory) -> Path:
         target={"name": "cpu", "variant": "generic", "device": "local", "driver": "local-task", "flags": FLAGS},
         kv={"page_size": PAGE, "dtype": "f32"}, opt_level=0,
         tokenizer_files=[root / "tokenizer.json", root / "tokenizer_config.json"])
+    # The toy has only the ABI v1 entry points (no extend): LLMEngine (llmirc.load) stands in
+    # for extend with prefill + decode, which this file then checks on a real module.
+    manifest = root / "artifact" / "manifest.json"
+    data = json.loads(manifest.read_text())
+    data.update(abi_version=1, entry_points={k: data["entry_points"][k] for k in ("prefill", "decode")})
+    manifest.write_text(json.dumps(data, indent=2))
     return root / "artifact"
 
 
