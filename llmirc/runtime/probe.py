@@ -82,7 +82,8 @@ def ensure_module_runs(artifact_dir: Path, sha256: str, device_uri: str, vmfb: P
 
 
 def _probe(artifact_dir: str, device_uri: str) -> None:
-    """The child: every entry point once, one token per row, all pages the first one."""
+    """The child: every entry point once (prefill, extend, extend_all, each decode), one
+    token per row (a bucket's length on static-shape targets), all pages the first one."""
     from llmirc.artifacts.manifest import read_manifest
 
     from .engine import Engine
@@ -97,6 +98,12 @@ def _probe(artifact_dir: str, device_uri: str) -> None:
 
     if engine.buckets is None:
         call("prefill", engine.prefill, one((1, 1), np.int64), one(1, np.int64), one((1, 1), np.int64))
+        if engine.supports_extend:  # ABI v2
+            call("extend", engine.extend, one((1, 1), np.int64), np.zeros(1, np.int64), one(1, np.int64),
+                 one((1, 1), np.int64))
+        if engine.supports_all_logits:
+            call("extend_all", lambda *a: engine.extend(*a, all_logits=True), one((1, 1), np.int64),
+                 np.zeros(1, np.int64), one(1, np.int64), one((1, 1), np.int64))
         specialised = sorted(engine._decode_by_batch)
         for b in specialised + [max(specialised, default=0) + 1]:  # decode_b{B}, then the dynamic decode
             name = f"decode_b{b}" if b in engine._decode_by_batch else "decode"
@@ -108,6 +115,9 @@ def _probe(artifact_dir: str, device_uri: str) -> None:
             pages = -(-t // engine.page_size)
             call(f"prefill_b{b}_t{t}", engine.prefill, one((b, t), np.int64), np.full(b, t, np.int64),
                  one((b, pages), np.int64))
+            if engine.supports_extend:
+                call(f"extend_b{b}_t{t}", engine.extend, one((b, t), np.int64), np.zeros(b, np.int64),
+                     np.full(b, t, np.int64), one((b, pages), np.int64))
         call(f"decode_b{b}", engine.decode, one(b, np.int64), np.zeros(b, np.int64), one((b, 1), np.int64))
 
 

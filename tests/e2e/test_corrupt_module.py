@@ -94,3 +94,14 @@ def test_a_module_that_ran_is_remembered(cpu_artifact, tmp_path):
     res = _run(art)
     assert res.returncode == 0, res.stderr
     assert is_verified(digest)
+
+
+def test_the_probe_calls_every_entry_point(cpu_artifact):
+    """The child's call list against the manifest: every entry point and specialised decode."""
+    res = subprocess.run([sys.executable, "-m", "llmirc.runtime.probe", str(cpu_artifact), "local-task"],
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stderr
+    called = [ln.removeprefix("calling ") for ln in res.stdout.splitlines()]
+    eps = json.loads((cpu_artifact / "manifest.json").read_text())["entry_points"]
+    expected = set(eps) | set(eps["decode"].get("batch_functions", {}).values())
+    assert set(called) == expected and len(called) == len(expected), (called, expected)
