@@ -53,12 +53,15 @@ def build(out: Path, targets: list[str]) -> dict:
 
 
 def _greedy(engine) -> list[list[int]]:
-    from llmirc.runtime import Generator, SamplingParams
+    from llmirc.runtime import LLMEngine, SamplingParams, SchedulerConfig
 
-    events = Generator(engine).generate(PROMPTS, SamplingParams(max_tokens=NEW_TOKENS, stop_token_ids=()))
+    llm = LLMEngine(engine, SchedulerConfig())
+    for i, p in enumerate(PROMPTS):
+        llm.add_request(str(i), list(p), SamplingParams(max_tokens=NEW_TOKENS, stop_token_ids=()))
     outs: list[list[int]] = [[] for _ in PROMPTS]
-    for ev in events:
-        outs[ev.seq_index].append(ev.token_id)
+    while llm.has_unfinished_requests():
+        for out in llm.step():
+            outs[int(out.request_id)] = out.outputs[0].token_ids
     return outs
 
 

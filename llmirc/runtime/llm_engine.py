@@ -30,9 +30,9 @@ import numpy as np
 
 from llmirc.errors import ArtifactError, PoolExhaustedError, PromptTooLongError, RequestError
 
-from .page_pool import SCRATCH_PAGE, PagePool
+from .page_pool import PagePool
 from .sampling import SamplingError, SamplingParams, sample, top_logprobs
-from .scheduler import ScheduledSeq, Scheduler, SchedulerConfig, Sequence
+from .scheduler import ScheduledSeq, Scheduler, SchedulerConfig, Sequence, block_tables
 from .stop import StopStringMatcher
 
 TOKENIZER_FILE = "tokenizer.json"
@@ -264,7 +264,7 @@ class LLMEngine:
         ones = [i for i, r in enumerate(rows) if r.num_new_tokens == 1]
         many = [i for i, r in enumerate(rows) if r.num_new_tokens > 1]
         if ones:
-            tables = _block_tables([rows[i].seq for i in ones])
+            tables = block_tables([rows[i].seq for i in ones])
             logits = self.executor.decode(np.array([rows[i].token_ids[0] for i in ones], np.int64),
                                           np.array([rows[i].start for i in ones], np.int64), tables)
             for j, i in enumerate(ones):
@@ -287,7 +287,7 @@ class LLMEngine:
             t[:r.num_new_tokens] = r.token_ids
         start = np.array([r.start for r in rows], np.int64)
         lens = np.array([r.num_new_tokens for r in rows], np.int64)
-        tables = _block_tables([r.seq for r in rows])
+        tables = block_tables([r.seq for r in rows])
         if self._has_extend and (self._has_all_logits or not all_logits):
             return self.executor.extend(tokens, start, lens, tables, all_logits=all_logits)
         return extend_with_v1(self.executor, tokens, start, lens, tables, all_logits)
@@ -397,15 +397,6 @@ def extend_with_v1(executor, tokens: np.ndarray, start_pos: np.ndarray, new_lens
         done = new_lens[active] == j + 1
         last[active[done]] = logits[done]
     return every if all_logits else last
-
-
-def _block_tables(seqs: list[Sequence]) -> np.ndarray:
-    """i64[B, P], P = the longest table, padded with the scratch page."""
-    width = max([1] + [len(s.block_table) for s in seqs])
-    out = np.full((len(seqs), width), SCRATCH_PAGE, np.int64)
-    for row, s in zip(out, seqs):
-        row[:len(s.block_table)] = s.block_table
-    return out
 
 
 def load_tokenizer(artifact_dir: Path):

@@ -34,9 +34,11 @@ import enum
 from collections import deque
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from llmirc.errors import SchedulerConfigError
 
-from .page_pool import PagePool
+from .page_pool import SCRATCH_PAGE, PagePool
 from .prefix_cache import PageNode, PrefixCache
 from .sampling import SamplingParams
 
@@ -119,6 +121,16 @@ class Sequence:
         """Prompt logprobs still to compute: they need logits at every prompt position, so
         such a sequence takes no cached prefix (vLLM does the same)."""
         return self.params.prompt_logprobs is not None and self.index == 0 and not self.output_token_ids
+
+
+def block_tables(seqs: list[Sequence]) -> np.ndarray:
+    """The block tables of `seqs` as i64[B, P], P = the longest table (at least 1), padded
+    with the scratch page (docs/abi.md)."""
+    width = max([1] + [len(s.block_table) for s in seqs])
+    out = np.full((len(seqs), width), SCRATCH_PAGE, np.int64)
+    for row, s in zip(out, seqs):
+        row[:len(s.block_table)] = s.block_table
+    return out
 
 
 @dataclass(frozen=True)

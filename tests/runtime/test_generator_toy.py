@@ -1,4 +1,4 @@
-"""Engine + Generator on a toy module that follows docs/abi.md exactly.
+"""Engine + LLMEngine on a toy module that follows docs/abi.md exactly.
 
 The toy "model" stores, for each position p of a sequence, K = emb[token] + layer and V = 1
 in the page pool (through the block table), and its logits are one-hot at
@@ -22,7 +22,7 @@ import pytest
 import llmirc
 from llmirc.artifacts import sha256_file, write_bundle
 from llmirc.errors import ArtifactError, LlmircError, PoolExhaustedError, PromptTooLongError, RuntimeDeviceError
-from llmirc.runtime import Engine, Generator, PagePool, SamplingParams
+from llmirc.runtime import Engine, LLMEngine, SamplingParams, SchedulerConfig
 
 VOCAB, LAYERS, KV_HEADS, HEAD_DIM, PAGE = 32, 3, 1, 2, 4
 MAX_SEQ_LEN, BOS, EOS = 24, 1, 2
@@ -280,12 +280,26 @@ def copy_of(toy_artifact, tmp_path):
     return Path(shutil.copytree(toy_artifact, tmp_path / "artifact"))
 
 
-def _run(gen: Generator, prompts, **kw) -> tuple[list[list[int]], list[str]]:
+def _llm(engine: Engine, **config) -> LLMEngine:
+    return LLMEngine(engine, SchedulerConfig(**config), eos_token_ids=tuple(engine.manifest.model.eos_token_id))
+
+
+def _add(llm: LLMEngine, prompts, **kw) -> None:
+    for i, p in enumerate(prompts):
+        llm.add_request(str(i), p, SamplingParams(**kw))
+
+
+def _run(llm: LLMEngine, prompts, **kw) -> tuple[list[list[int]], list[str]]:
+    """Greedy (or `kw`) generation of every prompt; tokens and finish reasons in prompt order."""
+    _add(llm, prompts, **kw)
     outs, reasons = [[] for _ in prompts], [None] * len(prompts)
-    for ev in gen.generate(prompts, SamplingParams(**kw)):
-        outs[ev.seq_index].append(ev.token_id)
-        reasons[ev.seq_index] = ev.finish_reason
-    return outs, reasons
+    for _ in range(1000):
+        if not llm.has_unfinished_requests():
+            return outs, reasons
+        for out in llm.step():
+            i = int(out.request_id)
+            outs[i], reasons[i] = out.outputs[0].token_ids, out.outputs[0].finish_reason
+    raise AssertionError("the engine does not finish")
 
 
 # ----------------------------------------------------------------------------- engine
@@ -331,23 +345,23 @@ def test_engine_refuses_out_of_range_inputs(engine):
         engine.prefill(np.array([[3] * 5]), np.array([5]), np.array([[1]]))
 
 
-# ----------------------------------------------------------------------------- generator
+# ----------------------------------------------------------------------------- LLMEngine
 
 PROMPTS = [[3, 4, 5, 6, 7, 8, 9], [10, 11], [12, 13, 14, 15, 16]]
 
 
 def test_batched_generation_matches_the_reference(engine):
-    gen = Generator(engine)
-    outs, reasons = _run(gen, PROMPTS, max_tokens=9, stop_token_ids=())
+    llm = _llm(engine)
+    outs, reasons = _run(llm, PROMPTS, max_tokens=9, stop_token_ids=())
     assert outs == [ref_generate(p, 9, stop=())[0] for p in PROMPTS]
     assert reasons == ["length"] * 3
-    assert gen.pool.free_pages == gen.pool.capacity  # every page came back
+    llm.reset_prefix_cache()
+    assert llm.pool.free_pages == llm.pool.capacity  # every page came back
 
 
 def test_interleaved_pages_give_the_same_tokens_as_each_alone(engine):
-    pool = PagePool(engine.num_pages, engine.page_size)
-    pool.allocate(1)  # shift the allocation so pages are not simply 1, 2, 3 ...
-    gen = Generator(engine, pool)
+    llm = _llm(engine)
+    llm.pool.allocate(1)  # shift the allocation so pages are not simply 1, 2, 3 ...
     tables: dict[int, list[int]] = {}
     real_decode = engine.decode
 
@@ -359,13 +373,13 @@ def test_interleaved_pages_give_the_same_tokens_as_each_alone(engine):
 
     engine.decode = spy
     try:
-        together, _ = _run(gen, PROMPTS[:2], max_tokens=12, stop_token_ids=())
+        together, _ = _run(llm, PROMPTS[:2], max_tokens=12, stop_token_ids=())
     finally:
         del engine.decode
     # growth pages were handed out alternately, so the two block tables interleave
     used = sorted((p, i) for i, row in tables.items() for p in row if p)
     assert [i for _, i in used] != sorted(i for _, i in used)
-    alone = [_run(Generator(engine), [p], max_tokens=12, stop_token_ids=())[0][0] for p in PROMPTS[:2]]
+    alone = [_run(_llm(engine), [p], max_tokens=12, stop_token_ids=())[0][0] for p in PROMPTS[:2]]
     assert together == alone == [ref_generate(p, 12, stop=())[0] for p in PROMPTS[:2]]
 
 
@@ -374,69 +388,78 @@ def test_stop_token_ends_a_sequence_and_frees_its_pages(engine):
     full, _ = ref_generate(prompt, 10, stop=())
     stop = full[3]
     expected = full[: full.index(stop) + 1]
-    gen = Generator(engine)
-    outs, reasons = _run(gen, [prompt, [6, 7]], max_tokens=10, stop_token_ids=(stop,))
+    llm = _llm(engine, enable_prefix_caching=False)
+    outs, reasons = _run(llm, [prompt, [6, 7]], max_tokens=10, stop_token_ids=(stop,))
     assert outs[0] == expected and reasons[0] == "stop"
     assert outs[1] == ref_generate([6, 7], 10, stop=(stop,))[0]
-    assert gen.pool.free_pages == gen.pool.capacity
+    assert llm.pool.free_pages == llm.pool.capacity
 
 
 def test_default_stop_is_the_manifest_eos(engine):
     prompt = next(p for p in ([a, b] for a in range(3, VOCAB) for b in range(3, VOCAB))
                   if ref_generate(p, 8)[1] == "stop")
-    outs, reasons = _run(Generator(engine), [prompt], max_tokens=8)
+    outs, reasons = _run(_llm(engine), [prompt], max_tokens=8)
     assert outs[0][-1] == EOS and reasons == ["stop"]
 
 
 def test_generation_stops_at_max_seq_len(engine):
     prompt = list(range(3, 3 + MAX_SEQ_LEN - 2))
-    outs, reasons = _run(Generator(engine), [prompt], max_tokens=10, stop_token_ids=())
+    outs, reasons = _run(_llm(engine), [prompt], max_tokens=10, stop_token_ids=())
     assert len(prompt) + len(outs[0]) == MAX_SEQ_LEN and reasons == ["length"]
     assert outs[0] == ref_generate(prompt, 10, stop=())[0]
 
 
 def test_prompt_too_long(engine):
-    with pytest.raises(PromptTooLongError, match=f"prompt 1 has {MAX_SEQ_LEN + 1} tokens but the model's "
-                                                 f"max_seq_len is {MAX_SEQ_LEN}"):
-        Generator(engine).generate([[3], [4] * (MAX_SEQ_LEN + 1)], SamplingParams())
+    with pytest.raises(PromptTooLongError, match=f"request '1' has {MAX_SEQ_LEN + 1} prompt tokens but the model's "
+                                                 f"max length is {MAX_SEQ_LEN}"):
+        _add(_llm(engine), [[3], [4] * (MAX_SEQ_LEN + 1)])
 
 
 def test_bad_prompts_are_refused(engine):
-    with pytest.raises(LlmircError, match="prompt 0 is empty"):
-        Generator(engine).generate([[]], SamplingParams())
+    llm = _llm(engine)
+    with pytest.raises(LlmircError, match="request '0' has an empty prompt"):
+        _add(llm, [[]])
     with pytest.raises(LlmircError, match="token id 99 outside the vocabulary"):
-        Generator(engine).generate([[3, 99]], SamplingParams())
+        _add(llm, [[3, 99]])
+    assert not llm.has_unfinished_requests()
 
 
 def test_pool_too_small_for_one_prompt_is_a_clear_error(toy_artifact):
     small = Engine(toy_artifact, num_pages=4)  # 3 usable pages = 12 tokens
     assert small.pool_shape == (4, LAYERS, 2, PAGE, KV_HEADS, HEAD_DIM) and not small.read_pool().any()
-    gen = Generator(small)
-    with pytest.raises(PoolExhaustedError, match=r"prompt 0 needs up to 5 KV pages .* only 3; raise --num-pages"):
-        gen.generate([list(range(3, 13))], SamplingParams(max_tokens=8))
-    assert gen.pool.free_pages == 3
+    llm = _llm(small)
+    with pytest.raises(PoolExhaustedError, match=r"request '0' needs up to 5 KV pages .* only 3; raise --num-pages"):
+        _add(llm, [list(range(3, 13))], max_tokens=8)
+    assert llm.pool.free_pages == 3 and not llm.has_unfinished_requests()
 
 
 def test_prompts_that_do_not_fit_together_wait_for_pages(toy_artifact):
     small = Engine(toy_artifact, num_pages=4)  # each prompt needs 2-3 pages, not both at once
-    gen = Generator(small)
+    llm = _llm(small, enable_prefix_caching=False)
     prompts = [[3, 4, 5, 6, 7], [8, 9, 10, 11]]
-    outs, _ = _run(gen, prompts, max_tokens=6, stop_token_ids=())
+    outs, _ = _run(llm, prompts, max_tokens=6, stop_token_ids=())
     assert outs == [ref_generate(p, 6, stop=())[0] for p in prompts]
-    assert gen.pool.free_pages == 3
+    assert llm.pool.free_pages == 3 and llm.stats.num_preemptions > 0  # admitted together, one preempted
 
 
 def test_stopping_early_returns_the_pages(engine):
-    gen = Generator(engine)
-    events = gen.generate(PROMPTS, SamplingParams(max_tokens=10))
+    llm = _llm(engine, enable_prefix_caching=False)
+    _add(llm, PROMPTS, max_tokens=10)
+    llm.step()
+    assert llm.pool.free_pages < llm.pool.capacity
+    for i in range(len(PROMPTS)):
+        llm.abort(str(i))
+    assert llm.pool.free_pages == llm.pool.capacity
+    model = llmirc.load(engine.artifact_dir, num_pages=16)  # the API: a stream closed early
+    events = model.generate(PROMPTS, max_tokens=10, stream=True)
     next(events)
-    assert gen.pool.free_pages < gen.pool.capacity
+    assert model.llm.stats.num_pages_used > 0
     events.close()
-    assert gen.pool.free_pages == gen.pool.capacity
+    assert model.llm.stats.num_pages_used == 0 and not model.llm.has_unfinished_requests()
 
 
-def test_seeded_sampling_through_the_generator_is_reproducible(engine):
-    run = lambda seed: _run(Generator(engine), PROMPTS, max_tokens=6, temperature=1.0, seed=seed)[0]  # noqa: E731
+def test_seeded_sampling_through_the_engine_is_reproducible(engine):
+    run = lambda seed: _run(_llm(engine), PROMPTS, max_tokens=6, temperature=1.0, seed=seed)[0]  # noqa: E731
     assert run(5) == run(5)
 
 
@@ -479,7 +502,7 @@ def test_device_override_must_match_the_target(toy_artifact):
     with pytest.raises(RuntimeDeviceError, match="cannot run on driver 'vulkan'; use one of: local-task, local-sync"):
         Engine(toy_artifact, num_pages=4, device="vulkan")
     sync = Engine(toy_artifact, num_pages=8, device="local-sync")
-    assert _run(Generator(sync), PROMPTS, max_tokens=4)[0] == [ref_generate(p, 4)[0] for p in PROMPTS]
+    assert _run(_llm(sync), PROMPTS, max_tokens=4)[0] == [ref_generate(p, 4)[0] for p in PROMPTS]
 
 
 # ----------------------------------------------------------------------------- python API

@@ -110,14 +110,11 @@ def test_repetition_penalty_in_sample_changes_the_greedy_choice():
 
 
 class _FixedLogitsEngine:
-    """Just enough of an Engine for the Generator: every step returns the same logits."""
+    """Just enough of an ABI v1 Engine for LLMEngine: every step returns the same logits."""
 
     def __init__(self, logits):
-        from types import SimpleNamespace
-
         self.logits = np.asarray(logits, np.float32)
         self.num_pages, self.page_size, self.max_seq_len, self.vocab_size = 32, 4, 64, len(logits)
-        self.manifest = SimpleNamespace(model=SimpleNamespace(eos_token_id=[]))
 
     def prefill(self, tokens, lens, tables):
         return np.repeat(self.logits[None], len(tokens), 0)
@@ -126,9 +123,9 @@ class _FixedLogitsEngine:
         return np.repeat(self.logits[None], len(tokens), 0)
 
 
-def test_generator_penalises_prompt_and_output_tokens():
-    """A numpy reference loop (penalty over prompt + output, greedy) against the Generator."""
-    from llmirc.runtime import Generator
+def test_engine_penalises_prompt_and_output_tokens():
+    """A numpy reference loop (penalty over prompt + output, greedy) against LLMEngine."""
+    from llmirc.runtime import LLMEngine, SchedulerConfig
 
     base = np.array([0.1, 2.0, 1.9, 1.7, -0.5, 1.0], np.float32)
     prompt, penalty, steps = [1, 4], 1.25, 8
@@ -139,10 +136,14 @@ def test_generator_penalises_prompt_and_output_tokens():
             x[t] = x[t] / penalty if x[t] > 0 else x[t] * penalty
         expected.append(int(np.argmax(x)))
         seen.append(expected[-1])
-    gen = Generator(_FixedLogitsEngine(base))
-    got = [e.token_id for e in gen.generate([prompt], SamplingParams(max_tokens=steps, repetition_penalty=penalty))]
+    llm = LLMEngine(_FixedLogitsEngine(base), SchedulerConfig())
+    llm.add_request("r", prompt, SamplingParams(max_tokens=steps, repetition_penalty=penalty))
+    got = []
+    while llm.has_unfinished_requests():
+        for out in llm.step():
+            got += out.outputs[0].new_token_ids
     assert got == expected and len(set(got)) > 1  # without the penalty: token 1 every time
-    assert gen.stats.prompt_tokens == 2 and gen.stats.generated_tokens == steps and gen.stats.ttft_s > 0
+    assert llm.stats.prompt_tokens == 2 and llm.stats.generation_tokens == steps
 
 
 # ----------------------------------------------------------------------------- stop strings
