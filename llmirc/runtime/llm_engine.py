@@ -28,7 +28,7 @@ from typing import Any
 
 import numpy as np
 
-from llmirc.errors import ArtifactError, PoolExhaustedError, PromptTooLongError, RequestError
+from llmirc.errors import ArtifactError, PoolExhaustedError, PromptTooLongError, RequestError, SchedulerConfigError
 
 from .page_pool import PagePool
 from .sampling import SamplingError, SamplingParams, sample, top_logprobs
@@ -129,7 +129,10 @@ class LLMEngine:
         self.config = config
         self.tokenizer = tokenizer
         self.eos_token_ids = tuple(int(t) for t in eos_token_ids)
-        self.max_model_len: int = min(executor.max_seq_len, config.max_model_len or executor.max_seq_len)
+        if config.max_model_len is not None and config.max_model_len > executor.max_seq_len:
+            raise SchedulerConfigError(f"max_model_len {config.max_model_len} is more than the model's max_seq_len "
+                                       f"{executor.max_seq_len} (fixed at compile time); give at most that")
+        self.max_model_len: int = config.max_model_len or executor.max_seq_len
         self.vocab_size: int = executor.vocab_size
         self.pool = PagePool(executor.num_pages, executor.page_size)
         chunk = getattr(executor, "max_prefill_len", None)  # static-shape targets: longest compiled chunk

@@ -391,6 +391,11 @@ def test_bad_requests_are_refused_before_queueing():
         engine.add_request("b", [1], {"max_tokens": 3})
 
 
+def test_max_model_len_past_the_model_is_refused():
+    with pytest.raises(SchedulerConfigError, match="max_model_len 65 is more than the model's max_seq_len 64"):
+        make_engine(max_model_len=65)
+
+
 @pytest.mark.parametrize("kwargs", [{"max_num_seqs": 0}, {"max_num_batched_tokens": 0}, {"max_model_len": 0},
                                     {"long_prefill_token_threshold": -1}])
 def test_bad_scheduler_config(kwargs):
