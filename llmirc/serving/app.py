@@ -451,7 +451,9 @@ class _Handlers:
                                 "characters", param="stop")
         if any(not s for s in stops):
             raise APIError(400, "stop strings must not be empty", param="stop")
-        wanted = dict(temperature=req.temperature, top_p=req.top_p, top_k=max(req.top_k or 0, 0), seed=req.seed,
+        # OpenAI takes any int64 seed; numpy's generators take non-negative ones: the same bits.
+        seed = None if req.seed is None else req.seed % 2**64
+        wanted = dict(temperature=req.temperature, top_p=req.top_p, top_k=max(req.top_k or 0, 0), seed=seed,
                       max_tokens=max_tokens, stop=stops, repetition_penalty=req.repetition_penalty,
                       stop_token_ids=tuple(req.stop_token_ids) if req.stop_token_ids else None,
                       n=req.n, min_p=req.min_p, presence_penalty=req.presence_penalty,
@@ -465,9 +467,11 @@ class _Handlers:
         try:
             for i, (p, sp) in enumerate(zip(prompts, params)):
                 streams.append(await self.engine.add(f"{rid}-{i}" if len(prompts) > 1 else rid, p.ids, sp, arrival))
-        except BaseException:
+        except BaseException as e:
             for s in streams:
                 await s.aclose()
+            if isinstance(e, ValueError) and not isinstance(e, LlmircError):  # the engine's input checks
+                raise APIError(400, f"the engine refused the request: {e}") from None
             raise
         return streams
 

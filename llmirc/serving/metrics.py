@@ -51,7 +51,7 @@ class ServerMetrics:
         self.e2e = Histogram(p + "e2e_request_latency_seconds", "Arrival to the last token.",
                              buckets=TTFT_BUCKETS, registry=r)
         self.counters = {
-            "prompt_tokens": Counter(p + "prompt_tokens", "Prompt tokens computed (prefix hits excluded).",
+            "prompt_tokens": Counter(p + "prompt_tokens", "Prompt tokens of accepted requests.",
                                      registry=r),
             "generation_tokens": Counter(p + "generation_tokens", "Tokens generated.", registry=r),
             "num_preemptions": Counter(p + "num_preemptions", "Requests preempted (recomputed later).", registry=r),

@@ -95,7 +95,7 @@ def test_64_concurrent_streams_with_preemption(serve_artifact):
     with ServerThread(app) as url:
         results, metrics = asyncio.run(asyncio.wait_for(drive(url), 300))
     assert metrics["llmirc:num_preemptions_total"] > 0
-    assert metrics["llmirc:request_success_total{finished_reason=\"length\"}"] + \
+    assert metrics.get("llmirc:request_success_total{finished_reason=\"length\"}", 0) + \
         metrics.get("llmirc:request_success_total{finished_reason=\"stop\"}", 0) == 64
     # afterwards every page is free (the prefix cache keeps only pages nobody holds)
     assert engine.stats.num_pages_used == 0 and engine.stats.num_running == engine.stats.num_waiting == 0
@@ -124,3 +124,26 @@ def test_disconnect_frees_pages(serve_artifact):
             time.sleep(0.05)
         assert m["llmirc:generation_tokens_total"] < 120
     assert engine.stats.num_pages_used == 0 and not engine.has_unfinished_requests()
+
+
+def test_engine_checks_are_400s_and_any_int64_seed_works(serve_artifact):
+    app, engine = real_app(serve_artifact, num_pages=24)
+    with ServerThread(app) as url, httpx.Client(base_url=url, timeout=60) as c:
+        def post(**body):
+            return c.post("/v1/completions", json={"max_tokens": 3, **body})
+
+        a, b = (post(prompt="x", seed=-5, temperature=1.0) for _ in range(2))
+        assert a.status_code == 200 and a.json()["choices"][0]["text"] == b.json()["choices"][0]["text"]
+        assert post(prompt="x", stop_token_ids=[-1]).status_code == 400
+        assert post(prompt=[300]).status_code == 400  # the vocabulary is 0..299
+        r = post(prompt="x", n=16, logprobs=20)
+        assert r.status_code == 200 and len(r.json()["choices"]) == 16
+    assert engine.stats.num_pages_used == 0
+
+
+def test_request_larger_than_the_pool_is_400(serve_artifact):
+    app, _ = real_app(serve_artifact, num_pages=8)  # 7 pages of 8 tokens
+    with ServerThread(app) as url, httpx.Client(base_url=url, timeout=60) as c:
+        r = c.post("/v1/completions", json={"prompt": [5] * 50, "max_tokens": 20})
+        assert r.status_code == 400 and "pages" in r.json()["error"]["message"], r.text
+        assert c.post("/v1/completions", json={"prompt": [5] * 30, "max_tokens": 20}).status_code == 200
