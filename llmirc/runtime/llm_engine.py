@@ -165,7 +165,10 @@ class LLMEngine:
     def add_request(self, request_id: str, prompt_token_ids: list[int], params: SamplingParams) -> None:
         """Queue a request; raises LlmircError (RequestError, SamplingError,
         PromptTooLongError, PoolExhaustedError) before queueing anything when it cannot run."""
-        prompt = [int(t) for t in prompt_token_ids]
+        try:
+            prompt = [int(t) for t in prompt_token_ids]
+        except (TypeError, ValueError):
+            raise RequestError(f"request {request_id!r}: the prompt must be a list of token ids (integers)") from None
         self.check_request(request_id, prompt, params)
         stop_ids = self._stop_ids(params)
         leader = None
@@ -240,7 +243,8 @@ class LLMEngine:
             prompt_tokens=self._prompt_tokens, generation_tokens=self._generation_tokens)
 
     def reset_prefix_cache(self) -> int:
-        """Drop every cached page nobody else holds; returns how many pages the cache held."""
+        """Empty the prefix cache (only its own references: pages that running sequences
+        hold stay theirs); returns how many pages the cache held."""
         cache = self.scheduler.cache
         return cache.clear() if cache is not None else 0
 

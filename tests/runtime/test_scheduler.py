@@ -389,6 +389,8 @@ def test_bad_requests_are_refused_before_queueing():
     assert engine.stats.num_waiting == 1
     with pytest.raises(LlmircError):
         engine.add_request("b", [1], {"max_tokens": 3})
+    with pytest.raises(RequestError, match="list of token ids"):
+        engine.add_request("b", ["x"], greedy(2))
 
 
 def test_max_model_len_past_the_model_is_refused():
@@ -430,3 +432,38 @@ def test_outputs_stream_new_tokens_once():
             last = out
     assert last.finished and streamed == reference_greedy([1, 2, 3], 5)[0]
     assert last.prompt_token_ids == [1, 2, 3] and last.prompt_logprobs is None and last.outputs[0].logprobs is None
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_random_arrivals_and_aborts_leak_no_page(seed):
+    """Requests arrive and are aborted between steps, under a tight pool: the ones that finish
+    have their tokens alone, the aborted ones stop at once, and every page comes back."""
+    rng = np.random.default_rng(100 + seed)
+    engine = make_engine(num_pages=9, max_num_batched_tokens=int(rng.integers(4, 16)), max_num_seqs=5)
+    base = rng.integers(0, VOCAB, size=10).tolist()
+    sent: dict[str, tuple[list[int], int]] = {}
+    final: dict[str, RequestOutput] = {}
+    aborted: set[str] = set()
+    for step in range(400):
+        if len(sent) < 30 and rng.random() < 0.4:
+            rid = str(len(sent))
+            p = base[:int(rng.integers(0, 10))] + rng.integers(0, VOCAB, size=int(rng.integers(1, 8))).tolist()
+            sent[rid] = (p, int(rng.integers(1, 12)))
+            engine.add_request(rid, p, greedy(sent[rid][1]))
+        live = [r for r in sent if r not in final and r not in aborted]
+        if live and rng.random() < 0.05:
+            victim = str(rng.choice(live))
+            engine.abort(victim)
+            aborted.add(victim)
+        final.update((o.request_id, o) for o in engine.step() if o.finished)
+        if len(sent) == 30 and not engine.has_unfinished_requests():
+            break
+    assert not engine.has_unfinished_requests() and set(final) == set(sent)
+    for rid, (p, m) in sent.items():
+        c = final[rid].outputs[0]
+        if rid in aborted:
+            assert c.finish_reason == "abort" and len(c.token_ids) < m
+        else:
+            assert c.token_ids == reference_greedy(p, m)[0] and c.finish_reason == "length"
+    assert aborted and engine.stats.num_preemptions > 0
+    assert_all_free(engine)
