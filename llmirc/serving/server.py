@@ -70,8 +70,7 @@ def load_engine(opts: ServeOptions):
                                    **opts.scheduler_kwargs())
 
 
-def serving_model(artifact: Path, engine: Any, names: tuple[str, ...] = (), chat_template: Path | None = None,
-                  max_model_len: int | None = None):
+def serving_model(artifact: Path, engine: Any, names: tuple[str, ...] = (), chat_template: Path | None = None):
     """What the routes need to know about the model: names, context, tokenizer, BOS rule, template."""
     from llmirc.api import _read_json, should_add_bos
     from llmirc.artifacts.manifest import read_manifest
@@ -80,10 +79,8 @@ def serving_model(artifact: Path, engine: Any, names: tuple[str, ...] = (), chat
     from .chat_template import load_chat_template, no_template_message
 
     manifest = read_manifest(artifact, verify_checksums=False)
-    limit = engine.max_model_len  # the scheduler's: the artifact's max_seq_len, capped by --max-model-len
-    if max_model_len is not None and max_model_len > limit:
-        raise LlmircError(f"--max-model-len {max_model_len} is longer than this artifact's context ({limit} "
-                          "tokens); recompile with a larger --max-seq-len or drop the flag")
+    # The engine's: the artifact's max_seq_len capped by --max-model-len (it refuses a larger one).
+    limit = engine.max_model_len
     return ServingModel(names=names or (str(artifact),), root=str(artifact), max_model_len=limit,
                         tokenizer=engine.tokenizer,
                         add_bos=should_add_bos(manifest, _read_json(artifact / TOKENIZER_CONFIG)),
@@ -97,7 +94,7 @@ def build_server_app(opts: ServeOptions, engine: Any):
     from .async_engine import AsyncEngine
     from .metrics import ServerMetrics
 
-    model = serving_model(opts.artifact, engine, opts.served_model_name, opts.chat_template, opts.max_model_len)
+    model = serving_model(opts.artifact, engine, opts.served_model_name, opts.chat_template)
     config = ServerConfig(api_key=opts.api_key)
     if opts.max_body_bytes is not None:
         config.max_body_bytes = opts.max_body_bytes

@@ -77,7 +77,7 @@ def test_serve_startup_errors(serve_artifact, tmp_path):
     bad = tmp_path / "bad.jinja"
     bad.write_text("{% for %}")
     assert_one_error(run_cli("serve", serve_artifact, "--port", 0, "--chat-template", bad), "does not parse")
-    assert_one_error(run_cli("serve", serve_artifact, "--port", 0, "--max-model-len", 100000), "--max-model-len")
+    assert_one_error(run_cli("serve", serve_artifact, "--port", 0, "--max-model-len", 100000), "max_model_len 100000")
     assert_one_error(run_cli("serve", serve_artifact, "--max-num-seqs", 0), "--max-num-seqs")
 
 
