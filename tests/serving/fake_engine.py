@@ -80,6 +80,7 @@ class FakeEngine:
                  max_num_seqs: int = 8, vocab: int = 300, eos_token_ids: tuple[int, ...] = (2,),
                  step_delay: float = 0.0) -> None:
         self.step_delay = step_delay  # seconds a step takes, as a device call would
+        self.fail_after_steps: int | None = None  # then every step raises, as a lost device would
         self.tokenizer, self.max_model_len, self.page_size = tokenizer, max_model_len, page_size
         self.num_pages, self.max_num_seqs, self.vocab, self.eos = num_pages, max_num_seqs, vocab, eos_token_ids
         self.waiting: list[_Req] = []
@@ -131,6 +132,10 @@ class FakeEngine:
         if self.gate is not None:
             self.gate.wait(30)
         try:
+            if self.fail_after_steps is not None:
+                self.fail_after_steps -= 1
+                if self.fail_after_steps < 0:
+                    raise RuntimeError("device lost")
             if self.step_delay:
                 time.sleep(self.step_delay)
             return self._step()

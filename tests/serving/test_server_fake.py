@@ -321,3 +321,35 @@ def test_listening_socket_is_tcp():
 
     with listen("127.0.0.1", 0) as sock:
         assert sock.proto == socket.IPPROTO_TCP
+
+
+def test_streaming_several_prompts_and_n(serve_fake):
+    s = serve_fake()
+    with s.client() as c:
+        with c.stream("POST", "/v1/completions", json={"prompt": ["a", "b c"], "n": 2, "max_tokens": 5,
+                                                       "temperature": 0, "ignore_eos": True, "stream": True,
+                                                       "stream_options": {"include_usage": True}}) as r:
+            events = sse_events(r.iter_lines())
+        whole = complete(c, prompt=["a", "b c"], n=2, max_tokens=5, ignore_eos=True).json()["choices"]
+    texts: dict[int, str] = {}
+    finishes: list[int] = []
+    for e in events[:-2]:
+        for ch in e["choices"]:
+            texts[ch["index"]] = texts.get(ch["index"], "") + ch["text"]
+            if ch["finish_reason"]:
+                finishes.append(ch["index"])
+    assert sorted(finishes) == [0, 1, 2, 3]  # each choice finishes once
+    assert texts == {ch["index"]: ch["text"] for ch in whole}
+    assert events[-2]["usage"]["completion_tokens"] == 20
+
+
+def test_engine_failure_is_503_not_500(serve_fake):
+    s = serve_fake()
+    s.engine.fail_after_steps = 2
+    with s.client() as c:
+        with c.stream("POST", "/v1/completions", json={"prompt": "x", "max_tokens": 10, "temperature": 0,
+                                                       "ignore_eos": True, "stream": True}) as r:
+            events = sse_events(r.iter_lines())
+        assert events[-1] == "[DONE]" and "device lost" in events[-2]["error"]["message"]
+        assert_error(complete(c, prompt="x", max_tokens=2), 503, "restart the server")
+        assert_error(c.get("/health"), 503)
