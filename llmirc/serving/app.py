@@ -192,7 +192,8 @@ def _from_llmirc_error(e: LlmircError) -> APIError:
 
 class BodyLimit:
     """Pure ASGI middleware: a body longer than `max_bytes` is refused with 413 before the
-    route parses it (by Content-Length when given, else by counting what arrives)."""
+    route parses it: by Content-Length when given, else by counting what arrives (chunked
+    uploads); then the app is told the client left, and whatever it answers is dropped."""
 
     def __init__(self, app, max_bytes: int) -> None:
         self.app, self.max_bytes = app, max_bytes
@@ -205,25 +206,26 @@ class BodyLimit:
         too_big = APIError(413, f"the request body is larger than {self.max_bytes} bytes")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
             return await too_big.response()(scope, receive, send)
-        seen = 0
+        seen, refused = 0, False
 
         async def counting_receive():
-            nonlocal seen
+            nonlocal seen, refused
+            if refused:
+                return {"type": "http.disconnect"}
             message = await receive()
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.max_bytes:
-                    raise _BodyTooLarge()
+                    refused = True
+                    await too_big.response()(scope, receive, send)
+                    return {"type": "http.disconnect"}
             return message
 
-        try:
-            await self.app(scope, counting_receive, send)
-        except _BodyTooLarge:
-            await too_big.response()(scope, receive, send)
+        async def guarded_send(message):
+            if not refused:
+                await send(message)
 
-
-class _BodyTooLarge(Exception):
-    pass
+        await self.app(scope, counting_receive, guarded_send)
 
 
 # ---- the handlers -----------------------------------------------------------------------

@@ -164,6 +164,15 @@ def test_body_size_bounded(serve_fake):
     s = serve_fake(max_body_bytes=10_000)
     with s.client() as c:
         assert_error(complete(c, prompt="x" * 20_000), 413, "larger than 10000 bytes")
+
+        def chunked():  # no Content-Length: counted as it arrives
+            yield b'{"prompt": "'
+            for _ in range(200):
+                yield b"x" * 100
+            yield b'"}'
+
+        assert_error(c.post("/v1/completions", content=chunked(), headers={"content-type": "application/json"}),
+                     413, "larger than 10000 bytes")
         assert complete(c, prompt="x" * 100, max_tokens=1).status_code == 200
 
 
