@@ -228,7 +228,10 @@ class AsyncEngine:
                 _resolve(cmd.loop, cmd.done, error=e)
 
     def _dispatch(self, outputs) -> None:
+        """Hand a step's outputs over: one wake-up of each event loop per step, not one per
+        request (each call_soon_threadsafe writes to the loop's wake-up pipe)."""
         now = time.monotonic()
+        by_loop: dict[asyncio.AbstractEventLoop, list] = {}
         for out in outputs:
             s = self._streams.get(out.request_id)
             if s is None:  # aborted while this step ran
@@ -236,7 +239,12 @@ class AsyncEngine:
             self._observe(s, out, now)
             if out.finished:
                 del self._streams[out.request_id]
-            _send(s, out)
+            by_loop.setdefault(s.loop, []).append((s.outputs, out))
+        for loop, items in by_loop.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, items)
+            except RuntimeError:  # that loop is closed: nobody is listening any more
+                pass
 
     def _observe(self, s: _Stream, out, now: float) -> None:
         new = sum(len(c.new_token_ids) for c in out.outputs)
@@ -266,6 +274,11 @@ class AsyncEngine:
                 _resolve(cmd.stream.loop, cmd.accepted, error=EngineDeadError(str(error)))
             elif isinstance(cmd, _Call):
                 _resolve(cmd.loop, cmd.done, error=EngineDeadError(str(error)))
+
+
+def _deliver(items: list) -> None:
+    for q, out in items:
+        q.put_nowait(out)
 
 
 def _send(s: _Stream, item) -> None:
