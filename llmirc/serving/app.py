@@ -308,6 +308,7 @@ class _Handlers:
                                  streams: list[RequestStream]) -> AsyncIterator[str]:
         created, name = int(time.time()), self.model.names[0]
         done_tokens: dict[int, int] = {}
+        offsets: dict[int, int] = {}
         finished: set[int] = set()
         async with aclosing(merge(streams)) as events:
             async for i, out in events:
@@ -323,7 +324,10 @@ class _Handlers:
                     lp = None
                     if req.logprobs is not None:
                         start = len(c.token_ids) - len(new)
-                        lp = self._completion_logprobs(new, (c.logprobs or [])[start:start + len(new)])
+                        lp = self._completion_logprobs(new, (c.logprobs or [])[start:start + len(new)],
+                                                       offset=offsets.get(idx, 0))
+                        if lp.tokens:
+                            offsets[idx] = lp.text_offset[-1] + len(lp.tokens[-1])
                     if c.finish_reason is not None:
                         finished.add(idx)
                     choices.append(P.CompletionChoice(index=idx, text=c.new_text, logprobs=lp,
@@ -334,9 +338,11 @@ class _Handlers:
             usage = _usage_counts(sum(len(p.ids) for p in prompts), sum(done_tokens.values()))
             yield _data(P.CompletionResponse(id=rid, created=created, model=name, choices=[], usage=usage))
 
-    def _completion_logprobs(self, token_ids: list[int], logprobs: list[dict[int, float]] | None
-                             ) -> P.CompletionLogprobs:
-        out, offset = P.CompletionLogprobs(), 0
+    def _completion_logprobs(self, token_ids: list[int], logprobs: list[dict[int, float]] | None,
+                             offset: int = 0) -> P.CompletionLogprobs:
+        """OpenAI's legacy layout. text_offset adds up the tokens' texts, each decoded alone, from
+        the start of the completion (a stream's chunk continues where the previous one ended)."""
+        out = P.CompletionLogprobs()
         for tok, top in zip(token_ids, logprobs or []):
             text = self.model.token_text(tok)
             out.tokens.append(text)

@@ -98,6 +98,11 @@ def test_completion_logprobs(serve_fake):
     offsets = [sum(len(t) for t in lp["tokens"][:i]) for i in range(4)]  # each token decoded alone
     assert lp["text_offset"] == offsets
     assert all(lp["token_logprobs"][i] == max(lp["top_logprobs"][i].values()) for i in range(4))
+    with serve_fake().client() as c, c.stream("POST", "/v1/completions", json={
+            "prompt": "hi", "max_tokens": 4, "logprobs": 1, "temperature": 0, "ignore_eos": True, "stream": True}) as r:
+        chunks = [e["choices"][0] for e in sse_events(r.iter_lines())[:-1]]
+    streamed = [(tok, off) for ch in chunks for tok, off in zip(ch["logprobs"]["tokens"], ch["logprobs"]["text_offset"])]
+    assert streamed == list(zip(lp["tokens"], lp["text_offset"]))  # offsets continue across chunks
 
 
 @pytest.mark.parametrize("body,param", [
