@@ -532,6 +532,28 @@ def targets(as_json: bool) -> None:
             click.echo(f"  {r['name'] + ':' + prof['variant']:22} {prof['notes']}{mark}")
 
 
+@main.command()
+@click.option("--json", "as_json", is_flag=True)
+def models(as_json: bool) -> None:
+    """List the model families `llmirc compile` reads, and what each supports (docs/models.md)."""
+    from .frontend.families import FAMILIES
+
+    rows, seen = [], set()
+    for f in FAMILIES.values():
+        if f.name not in seen:
+            seen.add(f.name)
+            rows.append({"family": f.name, "architectures": list(f.architectures), "summary": f.summary,
+                         "supports": list(f.features), "refuses": list(f.refused)})
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return
+    for r in rows:
+        click.echo(f"{r['family']}: {', '.join(r['architectures'])}\n  {r['summary']}")
+        click.echo(f"  supports: {'; '.join(r['supports'])}")
+        if r["refuses"]:
+            click.echo(f"  refuses:  {'; '.join(r['refuses'])}")
+
+
 def _profile_row(p) -> dict:
     return {"variant": p.variant, "flags": list(p.flags), "o3_flags": list(p.o3_flags), "notes": p.notes,
             "dtypes": list(p.dtypes), "quantize": list(p.quantize), "index_dtype": p.index_dtype,

@@ -32,7 +32,7 @@ def save_hf_model(directory: Path, model_type: str = "llama", seed: int = 0, **c
 
 
 def perturb_norms_and_biases(model, seed: int) -> None:
-    """Norm weights 1 + 0.1 N(0,1) and biases 0.05 N(0,1), so each one changes the output."""
+    """Norm weights 1 + 0.1 N(0,1) and biases 0.2 N(0,1), so each one changes the output."""
     import torch
 
     gen = torch.Generator().manual_seed(seed + 1)
@@ -41,7 +41,7 @@ def perturb_norms_and_biases(model, seed: int) -> None:
             if "norm" in name and name.endswith("weight"):
                 p.copy_(1.0 + 0.1 * torch.randn(p.shape, generator=gen))
             elif name.endswith("bias"):
-                p.copy_(0.05 * torch.randn(p.shape, generator=gen))
+                p.copy_(0.2 * torch.randn(p.shape, generator=gen))
 
 
 def to_transformers4_layout(directory: Path) -> dict[str, Any]:

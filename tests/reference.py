@@ -54,3 +54,22 @@ def greedy_with_engine(engine, prompts: list[list[int]], steps: int, tables: np.
         logits = engine.decode(nxt, positions, tables)
         positions += 1
     return out, logits
+
+
+def check_artifact_against_transformers(checkpoint: Path, artifact: Path, prompts: list[list[int]],
+                                        new_tokens: int) -> list[list[int]]:
+    """The compiled artifact against transformers on the same checkpoint: greedy tokens of
+    `llmirc.load().generate` identical to transformers' generate, and the logits after the
+    last step within 1e-3 (through the Engine's raw ABI). Returns transformers' tokens."""
+    import llmirc
+    from llmirc.runtime import Engine
+
+    hf = hf_model(checkpoint)
+    refs = [hf_greedy(hf, p, new_tokens) for p in prompts]
+    got = llmirc.load(artifact).generate(prompts, max_tokens=new_tokens, stop_token_ids=())
+    assert [c.token_ids for c in got] == [t for t, _ in refs]
+    tokens, logits = greedy_with_engine(Engine(artifact, num_pages=64), prompts, new_tokens - 1)
+    for row, toks, (ref_tokens, ref_logits) in zip(logits, tokens, refs):
+        assert toks == ref_tokens[:new_tokens - 1]
+        np.testing.assert_allclose(row, ref_logits, atol=1e-3, rtol=0)
+    return [t for t, _ in refs]

@@ -81,3 +81,13 @@ def test_help_texts_explain_commands():
     for cmd in ("compile", "run", "inspect", "bench", "opt", "passes", "targets", "dialect", "testing"):
         assert cmd in top
     assert "--emit" in r.invoke(main, ["compile", "--help"]).output
+
+
+def test_models_lists_every_registered_family():
+    from llmirc.frontend.families import FAMILIES
+
+    res = CliRunner().invoke(main, ["models", "--json"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.stdout)
+    assert {a for r in rows for a in r["architectures"]} == set(FAMILIES)
+    assert all(r["summary"] and r["supports"] for r in rows)

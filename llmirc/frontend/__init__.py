@@ -11,8 +11,8 @@ from iree.compiler import ir
 from ..dialect.context import weight_names
 from . import prequantized
 from .checkpoint import Checkpoint
-from .config import LlamaConfig, load_config
-from .llama import build_llama, cache_type, weight_shapes
+from .config import LlamaConfig, ModelConfig, load_config
+from .decoder import build_decoder, cache_type, weight_shapes
 from .prequantized import PrequantizedLayout
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -21,7 +21,7 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
 
 @dataclass
 class ImportedModel:
-    config: LlamaConfig
+    config: ModelConfig
     checkpoint: Checkpoint
     module: ir.Module
     prequantized: PrequantizedLayout | None = None  # GPTQ/AWQ linears, unpacked by weight_store()
@@ -62,8 +62,8 @@ def import_checkpoint(directory: str | Path, max_seq_len: int | None = None,
     for name, shape in shapes.items():
         if name not in quantized:
             ckpt.info(name, shape)
-    return ImportedModel(config, ckpt, build_llama(config, ctx, quantized), layout)
+    return ImportedModel(config, ckpt, build_decoder(config, ctx, quantized), layout)
 
 
-__all__ = ["Checkpoint", "ImportedModel", "LlamaConfig", "build_llama", "cache_type", "import_checkpoint",
+__all__ = ["Checkpoint", "ImportedModel", "LlamaConfig", "ModelConfig", "build_decoder", "cache_type", "import_checkpoint",
            "load_config", "weight_shapes"]

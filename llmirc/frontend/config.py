@@ -1,4 +1,4 @@
-"""Model configuration read from a Hugging Face config.json (Llama family).
+"""Model configuration read from a Hugging Face config.json, for every registered family.
 
 Every key of config.json falls under one rule (config_keys.py): read here and implemented,
 or refused with one line naming the key and its value; known to be inert; or unknown, which
@@ -15,13 +15,14 @@ import numpy as np
 
 from ..errors import CheckpointError
 from .config_keys import unknown_key_warnings
+from .families import family_for
 from .rope import RopeSpec, read_rope
 
-SUPPORTED_ARCHITECTURES = ("LlamaForCausalLM", "MistralForCausalLM")
-
-
 @dataclass(frozen=True)
-class LlamaConfig:
+class ModelConfig:
+    """A decoder-only transformer: its sizes and the block choices its family made
+    (families/: biases, per-head q/k norms); the builder in decoder.py reads only this."""
+
     vocab_size: int
     hidden_size: int
     intermediate_size: int
@@ -33,8 +34,11 @@ class LlamaConfig:
     rms_norm_eps: float = 1e-6
     rope: RopeSpec = RopeSpec()
     tie_word_embeddings: bool = False
-    attention_bias: bool = False
+    qkv_bias: bool = False
+    o_bias: bool = False
     mlp_bias: bool = False
+    qk_norm: bool = False  # RMSNorm over each head of q and k before rope (Qwen3)
+    family: str = "llama"
     hidden_act: str = "silu"
     bos_token_id: int | None = None
     eos_token_ids: tuple[int, ...] = ()
@@ -76,7 +80,7 @@ def _given(cfg: dict, key: str, default):
 ATTENTION_LAYER_TYPES = ("full_attention", "sliding_attention")
 
 
-def _check_attention_span(cfg: dict, path: Path, seq_len: int, num_layers: int) -> None:
+def _check_attention_span(cfg: dict, path: Path, seq_len: int, num_layers: int, window: int | None) -> None:
     """Refuse a sliding window shorter than the compiled sequence (full attention is all we
     lower today); a window at least that long never drops a key, so it changes nothing."""
     layer_types = cfg.get("layer_types")
@@ -88,10 +92,7 @@ def _check_attention_span(cfg: dict, path: Path, seq_len: int, num_layers: int) 
         if unknown:
             raise CheckpointError(f"{path}: layer_types '{unknown[0]}' is not supported "
                                   f"(supported: {', '.join(ATTENTION_LAYER_TYPES)})")
-    window = cfg.get("sliding_window")
-    if window is None:
-        if "sliding_attention" in (layer_types or ()):
-            raise CheckpointError(f"{path}: layer_types has sliding_attention layers but sliding_window is null")
+    if window is None:  # no window in effect (the family says which key enables it)
         return
     if int(window) < seq_len:
         raise CheckpointError(
@@ -100,7 +101,7 @@ def _check_attention_span(cfg: dict, path: Path, seq_len: int, num_layers: int) 
             "that every sequence fits inside the window")
 
 
-def load_config(checkpoint_dir: Path, max_seq_len: int | None = None) -> LlamaConfig:
+def load_config(checkpoint_dir: Path, max_seq_len: int | None = None) -> ModelConfig:
     """Read and validate config.json; errors name the file and the key."""
     path = Path(checkpoint_dir) / "config.json"
     if not Path(checkpoint_dir).is_dir():
@@ -113,9 +114,7 @@ def load_config(checkpoint_dir: Path, max_seq_len: int | None = None) -> LlamaCo
         raise CheckpointError(f"{path}: not valid JSON ({e})") from None
     archs = cfg.get("architectures") or [cfg.get("model_type", "?")]
     arch = archs[0]
-    if arch not in SUPPORTED_ARCHITECTURES:
-        raise CheckpointError(f"{path}: architecture '{arch}' is not supported "
-                              f"(supported: {', '.join(SUPPORTED_ARCHITECTURES)})")
+    family = family_for(arch, str(path))
     hidden = int(_require(cfg, "hidden_size", path))
     heads = int(_require(cfg, "num_attention_heads", path))
     kv_heads = int(cfg.get("num_key_value_heads") or heads)
@@ -125,15 +124,15 @@ def load_config(checkpoint_dir: Path, max_seq_len: int | None = None) -> LlamaCo
                               f"num_key_value_heads {kv_heads}")
     act = cfg.get("hidden_act", "silu")
     if act != "silu":
-        raise CheckpointError(f"{path}: hidden_act '{act}' is not supported (Llama uses silu)")
+        raise CheckpointError(f"{path}: hidden_act '{act}' is not supported ({family.name} uses silu)")
     eos = cfg.get("eos_token_id")
     eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (int(eos),))
     ctx = int(cfg.get("max_position_embeddings") or 2048)
     seq_len = min(ctx, max_seq_len) if max_seq_len else ctx
     layers = int(_require(cfg, "num_hidden_layers", path))
-    _check_attention_span(cfg, path, seq_len, layers)
+    _check_attention_span(cfg, path, seq_len, layers, family.window(cfg))
     rope, rope_warnings = read_rope(cfg, str(path), ctx)
-    config = LlamaConfig(
+    config = ModelConfig(
         vocab_size=int(_require(cfg, "vocab_size", path)),
         hidden_size=hidden,
         intermediate_size=int(_require(cfg, "intermediate_size", path)),
@@ -143,13 +142,16 @@ def load_config(checkpoint_dir: Path, max_seq_len: int | None = None) -> LlamaCo
         rms_norm_eps=float(_given(cfg, "rms_norm_eps", 1e-6)),
         rope=rope,
         tie_word_embeddings=bool(_given(cfg, "tie_word_embeddings", False)),
-        attention_bias=bool(_given(cfg, "attention_bias", False)),
-        mlp_bias=bool(_given(cfg, "mlp_bias", False)),
+        **family.choices(cfg, str(path)),
+        family=family.name,
         bos_token_id=cfg.get("bos_token_id"),
         eos_token_ids=eos_ids,
         architecture=arch,
         torch_dtype=str(cfg.get("torch_dtype") or cfg.get("dtype") or "float32"),
         extra=cfg,
-        warnings=tuple(unknown_key_warnings(cfg, str(path)) + rope_warnings),
+        warnings=tuple(unknown_key_warnings(cfg, str(path), family.reads, family.inert) + rope_warnings),
     )
     return config
+
+
+LlamaConfig = ModelConfig  # the name before the architecture registry; kept for callers of 0.1

@@ -9,13 +9,15 @@ A key that changes numerics and that we do not implement is never silently defau
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-# Keys load_config (and rope.py, prequantized.py) reads; each is implemented or refused there.
+# Keys load_config (and rope.py, prequantized.py) reads for every family; each is implemented or
+# refused there. A family's own keys (attention_bias, use_sliding_window, ...) are in its module.
 READ = frozenset({
     "architectures", "model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
     "num_attention_heads", "num_key_value_heads", "head_dim", "max_position_embeddings", "rms_norm_eps",
-    "hidden_act", "attention_bias", "mlp_bias", "tie_word_embeddings", "bos_token_id", "eos_token_id",
+    "hidden_act", "tie_word_embeddings", "bos_token_id", "eos_token_id",
     "torch_dtype", "dtype", "quantization_config",
     # rope (rope.py): both layouts, and what refines them
     "rope_theta", "rope_scaling", "rope_parameters", "partial_rotary_factor", "original_max_position_embeddings",
@@ -31,7 +33,6 @@ _BOOKKEEPING = "bookkeeping of the library that wrote the file"
 INERT: dict[str, str] = {
     "initializer_range": "weight initialisation, " + _TRAINING,
     "attention_dropout": "dropout is off at inference",
-    "pretraining_tp": "a tensor-parallel split of the matmuls used in pretraining; the same math",
     "use_cache": "whether transformers keeps a KV cache; llmirc always pages one",
     "pad_token_id": "padding id; padded positions never reach a sampled token",
     "transformers_version": _BOOKKEEPING, "_name_or_path": _BOOKKEEPING, "_commit_hash": _BOOKKEEPING,
@@ -60,11 +61,12 @@ INERT: dict[str, str] = {
 }
 
 
-def unknown_key_warnings(cfg: dict[str, Any], where: str) -> list[str]:
-    """One line per key that is neither read nor known to be inert."""
+def unknown_key_warnings(cfg: dict[str, Any], where: str, family_reads: frozenset[str] = frozenset(),
+                         family_inert: Mapping[str, str] | None = None) -> list[str]:
+    """One line per key that is neither read (here or by the family) nor known to be inert."""
+    known = READ | family_reads | set(INERT) | set(family_inert or {})
     return [f"{where}: key '{k}' = {_short(v)} is not known to llmirc and was ignored; if it changes the model's "
-            "numerics, the artifact will not match the checkpoint" for k, v in cfg.items()
-            if k not in READ and k not in INERT]
+            "numerics, the artifact will not match the checkpoint" for k, v in cfg.items() if k not in known]
 
 
 def _short(value: Any) -> str:

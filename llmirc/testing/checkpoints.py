@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file
 
-from ..frontend.config import LlamaConfig
-from ..frontend.llama import weight_shapes
+from ..frontend.config import ModelConfig
+from ..frontend.decoder import weight_shapes
 
 _TOKENIZER_TEXT = (
     "In the beginning the compiler read the checkpoint, and the pages of the cache were "
@@ -75,11 +75,12 @@ def n_params(spec: CheckpointSpec) -> int:
     return sum(int(np.prod(s)) for s in weight_shapes(_config(spec)).values())
 
 
-def _config(spec: CheckpointSpec) -> LlamaConfig:
-    return LlamaConfig(vocab_size=spec.vocab, hidden_size=spec.hidden, intermediate_size=spec.intermediate,
+def _config(spec: CheckpointSpec) -> ModelConfig:
+    return ModelConfig(vocab_size=spec.vocab, hidden_size=spec.hidden, intermediate_size=spec.intermediate,
                        num_layers=spec.layers, num_heads=spec.heads, num_kv_heads=spec.kv_heads,
                        head_dim=spec.head_dim or spec.hidden // spec.heads, max_seq_len=spec.max_seq_len,
-                       tie_word_embeddings=spec.tie_embeddings, attention_bias=spec.attention_bias)
+                       tie_word_embeddings=spec.tie_embeddings, qkv_bias=spec.attention_bias,
+                       o_bias=spec.attention_bias)
 
 
 def random_weights(spec: CheckpointSpec) -> dict[str, np.ndarray]:

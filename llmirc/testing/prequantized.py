@@ -17,7 +17,7 @@ import numpy as np
 from safetensors.numpy import save_file
 
 from .checkpoints import CheckpointSpec, _config, random_weights, write_tokenizer
-from ..frontend.llama import weight_shapes
+from ..frontend.decoder import weight_shapes
 
 AWQ_ORDER_MAP = [0, 2, 4, 6, 1, 3, 5, 7]
 LINEARS = ("self_attn.q_proj", "self_attn.k_proj", "self_attn.v_proj", "self_attn.o_proj",

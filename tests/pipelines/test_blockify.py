@@ -11,6 +11,7 @@ from llmirc.dialect.interpreter import empty_kv_cache, empty_page_pool, run_func
 from llmirc.dialect.types import PagedKVCacheT, from_mlir
 from llmirc.frontend import cache_type, import_checkpoint
 from llmirc.pipelines import PassManager, parse_pipeline
+from llmirc.frontend.decoder import ENTRY_FUNCTIONS
 
 
 def _pool_type(module) -> PagedKVCacheT:
@@ -57,7 +58,7 @@ def test_blockify_signature_and_ops(tiny_checkpoint):
     verify_module(m.module)
     text = print_module(m.module)
     assert '"llm.append_kv"' not in text and '"llm.attention"' not in text
-    assert text.count('"llm.paged_append_kv"') == 2 * 2  # 2 layers x (prefill, decode)
+    assert text.count('"llm.paged_append_kv"') == 2 * len(ENTRY_FUNCTIONS)  # 2 layers x each function
     decl = [line for line in text.splitlines() if "func.func @decode" in line][0]
     pool_t = "!llm.paged_kv_cache<2 : i64, 2 : i64, 16 : i64, 8 : i64, f32>"
     assert f"%arg2: tensor<?x?xi64>, %arg3: {pool_t}) -> (tensor<?x300xf32>, {pool_t})" in decl

@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from llmirc.frontend.decoder import ENTRY_FUNCTIONS
 
 LLMIRC = [str(Path(sys.executable).parent / "llmirc")]
 
@@ -46,4 +47,4 @@ def test_make_prequantized_checkpoint_then_compile_llm(tmp_path):
     assert json.loads((ckpt / "config.json").read_text())["quantization_config"]["quant_method"] == "gptq"
     r = _run("compile", str(ckpt), "-o", str(tmp_path / "m.mlir"), "--emit", "llm", "-q")
     assert r.returncode == 0, r.stderr
-    assert (tmp_path / "m.mlir").read_text().count('"llm.quantized_matmul"') == 2 * 7 * 2
+    assert (tmp_path / "m.mlir").read_text().count('"llm.quantized_matmul"') == len(ENTRY_FUNCTIONS) * 7 * 2

@@ -16,6 +16,7 @@ from llmirc.frontend import import_checkpoint
 from llmirc.pipelines import PassError, PassManager, QuantConfig, WeightStore, parse_pipeline, pipeline_for_level
 from llmirc.pipelines.quantize_weights import choose_group_size, tensor_names
 from llmirc.testing.checkpoints import CheckpointSpec, make_checkpoint
+from llmirc.frontend.decoder import ENTRY_FUNCTIONS
 from tests.pipelines.equivalence import run_model
 from tests.quant import reference
 
@@ -72,8 +73,8 @@ def test_quantized_model_equals_fake_quant_model_exactly(model, bits, symmetric,
     quant = QuantConfig(bits, GROUP, symmetric)
     m, got = _run(model, WeightStore.from_arrays(weights), pipeline_for_level(level, 4, quant))
     text = print_module(m.module)
-    assert text.count('"llm.quantized_matmul"') == 2 * model.config.num_layers * (7 if level == 0 else 4)
-    assert text.count('"llm.linear"') == 2  # lm_head of prefill and decode stays f32
+    assert text.count('"llm.quantized_matmul"') == len(ENTRY_FUNCTIONS) * model.config.num_layers * (7 if level == 0 else 4)
+    assert text.count('"llm.linear"') == len(ENTRY_FUNCTIONS)  # lm_head of each function stays f32
     for e, g in zip(expected, got):
         np.testing.assert_array_equal(g, e)
 
@@ -105,7 +106,7 @@ def test_keep_names_layers(model):
     PassManager(parse_pipeline("quantize-weights{bits=4,group_size=32,keep=lm_head|down_proj}"),
                 weights=store).run(m.module)
     text = print_module(m.module)
-    assert text.count('"llm.linear"') == 2 * (1 + model.config.num_layers)  # lm_head and down_proj
+    assert text.count('"llm.linear"') == len(ENTRY_FUNCTIONS) * (1 + model.config.num_layers)  # lm_head, down_proj
     assert 'down_proj.weight"' in text and "down_proj.weight.int4" not in text
 
 
@@ -115,7 +116,7 @@ def test_tied_embeddings_keep_the_table_float(tmp_path):
     store = WeightStore.from_arrays(m.weights())
     PassManager(pipeline_for_level(2, 4, QuantConfig(8, GROUP)), weights=store).run(m.module)
     text = print_module(m.module)
-    assert text.count('"llm.linear"') == 2 and "embed_tokens.weight.int8" not in text
+    assert text.count('"llm.linear"') == len(ENTRY_FUNCTIONS) and "embed_tokens.weight.int8" not in text
 
 
 @pytest.mark.parametrize("k,group,bits,expected", [
@@ -133,7 +134,8 @@ def test_group_size_fallback_in_ir(tmp_path):
     store = WeightStore.from_arrays(weights)
     PassManager([QuantConfig(4, 64).pass_spec()], weights=store).run(m.module)
     text = print_module(m.module)
-    assert text.count("group_size = 48 : i64") == 2 and text.count("group_size = 64 : i64") == 12
+    assert text.count("group_size = 48 : i64") == len(ENTRY_FUNCTIONS) and \
+        text.count("group_size = 64 : i64") == 6 * len(ENTRY_FUNCTIONS)
     name = "model.layers.0.mlp.down_proj.weight"
     q, s, _ = reference.quantize(weights[name], 4, 48, True)
     np.testing.assert_array_equal(store[tensor_names(name, 4, 48, True)[0]], q)

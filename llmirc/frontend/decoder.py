@@ -1,7 +1,8 @@
-"""Llama-family checkpoint -> llm IR with `prefill` and `decode` entry points.
+"""A decoder-only checkpoint -> llm IR with `prefill`, `extend`, `extend_all` and `decode`.
 
-Reads top to bottom like the model: embed, then per layer
-norm -> attention -> residual -> norm -> mlp -> residual, then norm and head.
+One builder for every registered family (families/): the ModelConfig's block choices
+(biases, per-head q/k norms) select the variant. Reads top to bottom like the model: embed,
+then per layer norm -> attention -> residual -> norm -> mlp -> residual, then norm and head.
 The KV cache is an explicit contiguous `!llm.kv_cache` value threaded through
 every layer; `blockify-kv-cache` later makes it paged. Weights are `llm.weight`
 ops that name checkpoint tensors, so the IR never holds weight data.
@@ -13,12 +14,13 @@ from iree.compiler import ir
 from iree.compiler.dialects import func
 
 from ..dialect import Builder, KVCacheT, TensorT, make_context
-from .config import LlamaConfig
+from .config import ModelConfig
 
 F32 = "f32"
+ENTRY_FUNCTIONS = ("prefill", "extend", "extend_all", "decode")  # what build_decoder emits, in order
 
 
-def weight_shapes(c: LlamaConfig) -> dict[str, tuple[int, ...]]:
+def weight_shapes(c: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Every tensor the IR references, with the shape config.json implies."""
     h, d = c.hidden_size, c.head_dim
     shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (c.vocab_size, h)}
@@ -35,9 +37,13 @@ def weight_shapes(c: LlamaConfig) -> dict[str, tuple[int, ...]]:
             p + "mlp.up_proj.weight": (c.intermediate_size, h),
             p + "mlp.down_proj.weight": (h, c.intermediate_size),
         }
-        if c.attention_bias:
+        if c.qkv_bias:
             shapes |= {p + f"self_attn.{n}_proj.bias": (k,) for n, k in
-                       (("q", c.num_heads * d), ("k", c.num_kv_heads * d), ("v", c.num_kv_heads * d), ("o", h))}
+                       (("q", c.num_heads * d), ("k", c.num_kv_heads * d), ("v", c.num_kv_heads * d))}
+        if c.o_bias:
+            shapes[p + "self_attn.o_proj.bias"] = (h,)
+        if c.qk_norm:
+            shapes |= {p + "self_attn.q_norm.weight": (d,), p + "self_attn.k_norm.weight": (d,)}
         if c.mlp_bias:
             shapes |= {p + f"mlp.{n}_proj.bias": (k,) for n, k in
                        (("gate", c.intermediate_size), ("up", c.intermediate_size), ("down", h))}
@@ -47,12 +53,12 @@ def weight_shapes(c: LlamaConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def cache_type(c: LlamaConfig) -> KVCacheT:
+def cache_type(c: ModelConfig) -> KVCacheT:
     return KVCacheT(c.num_layers, c.num_kv_heads, c.head_dim, c.max_seq_len, F32)
 
 
-class _LlamaBuilder:
-    def __init__(self, c: LlamaConfig, b: Builder, quantized: dict | None = None):
+class _DecoderBuilder:
+    def __init__(self, c: ModelConfig, b: Builder, quantized: dict | None = None):
         self.c, self.b = c, b
         self.shapes = weight_shapes(c)
         self.inv_freq = [float(x) for x in c.inv_freq()]
@@ -74,16 +80,19 @@ class _LlamaBuilder:
 
     def attn(self, x: ir.Value, pos: ir.Value, cache: ir.Value, i: int) -> tuple[ir.Value, ir.Value]:
         c, b, p = self.c, self.b, f"model.layers.{i}.self_attn"
-        q = b.reshape(self.linear(x, p + ".q_proj", c.attention_bias), shape=[0, 0, c.num_heads, c.head_dim])
-        k = b.reshape(self.linear(x, p + ".k_proj", c.attention_bias), shape=[0, 0, c.num_kv_heads, c.head_dim])
-        v = b.reshape(self.linear(x, p + ".v_proj", c.attention_bias), shape=[0, 0, c.num_kv_heads, c.head_dim])
+        q = b.reshape(self.linear(x, p + ".q_proj", c.qkv_bias), shape=[0, 0, c.num_heads, c.head_dim])
+        k = b.reshape(self.linear(x, p + ".k_proj", c.qkv_bias), shape=[0, 0, c.num_kv_heads, c.head_dim])
+        v = b.reshape(self.linear(x, p + ".v_proj", c.qkv_bias), shape=[0, 0, c.num_kv_heads, c.head_dim])
+        if c.qk_norm:  # per head, over head_dim, before rope
+            q = b.rms_norm(q, self.w(p + ".q_norm.weight"), eps=c.rms_norm_eps, loc=p + ".q_norm")
+            k = b.rms_norm(k, self.w(p + ".k_norm.weight"), eps=c.rms_norm_eps, loc=p + ".k_norm")
         q = b.rope(q, pos, inv_freq=self.inv_freq, loc=p + ".rope_q")
         k = b.rope(k, pos, inv_freq=self.inv_freq, loc=p + ".rope_k")
         cache = b.append_kv(cache, k, v, pos, layer=i, loc=p + ".append_kv")
         a = b.attention(q, cache, pos, layer=i, num_heads=c.num_heads, num_kv_heads=c.num_kv_heads,
                         head_dim=c.head_dim, scale=c.attention_scale(), loc=p + ".attention")
         a = b.reshape(a, shape=[0, 0, c.num_heads * c.head_dim])
-        return self.linear(a, p + ".o_proj", c.attention_bias), cache
+        return self.linear(a, p + ".o_proj", c.o_bias), cache
 
     def mlp(self, x: ir.Value, i: int) -> ir.Value:
         b, p, bias = self.b, f"model.layers.{i}.mlp", self.c.mlp_bias
@@ -118,7 +127,7 @@ def _entry(name: str, args: list, results: list, body) -> None:
         func.ReturnOp(list(body(*block.arguments)))
 
 
-def build_llama(c: LlamaConfig, ctx: ir.Context | None = None, quantized: dict | None = None) -> ir.Module:
+def build_decoder(c: ModelConfig, ctx: ir.Context | None = None, quantized: dict | None = None) -> ir.Module:
     """llm IR module with `prefill`, `extend`, `extend_all` and `decode` (contiguous KV cache semantics).
 
     prefill(tokens i64[B,T], seq_lens i64[B], cache) -> (logits f32[B,V], cache)
@@ -136,7 +145,7 @@ def build_llama(c: LlamaConfig, ctx: ir.Context | None = None, quantized: dict |
     with ctx, ir.Location.unknown():
         module = ir.Module.create()
         module.operation.attributes["llm.model"] = ir.StringAttr.get(c.architecture)
-        lb = _LlamaBuilder(c, Builder(), quantized)
+        lb = _DecoderBuilder(c, Builder(), quantized)
         b = lb.b
 
         def prefill(tokens, seq_lens, cache):

@@ -1,0 +1,33 @@
+"""The architecture registry: one module per model family, each declaring only what differs.
+
+A family names the `architectures` strings of config.json it serves, the config keys it
+reads beyond the common ones (config_keys.READ), and turns them into block choices of the
+one decoder builder (frontend/decoder.py): biases, per-head q/k norms, the attention
+window. Adding a Llama-shaped family is adding a module with one `Family` record.
+"""
+
+from __future__ import annotations
+
+from ...errors import CheckpointError
+from .base import Family, flag
+
+
+def _registry() -> dict[str, Family]:
+    from . import llama, mistral, qwen2, qwen3
+
+    families = [llama.FAMILY, mistral.FAMILY, qwen2.FAMILY, qwen3.FAMILY]
+    return {arch: f for f in families for arch in f.architectures}
+
+
+FAMILIES: dict[str, Family] = _registry()  # architecture string -> family
+
+
+def family_for(architecture: str, where: str) -> Family:
+    family = FAMILIES.get(architecture)
+    if family is None:
+        raise CheckpointError(f"{where}: architecture '{architecture}' is not supported "
+                              f"(supported: {', '.join(FAMILIES)}; see `llmirc models`)")
+    return family
+
+
+__all__ = ["FAMILIES", "Family", "family_for", "flag"]
