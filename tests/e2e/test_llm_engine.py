@@ -87,3 +87,27 @@ def test_prompt_logprobs_from_extend_all(artifact):
         entry = out.prompt_logprobs[i]
         assert entry[prompt[i]] == pytest.approx(lp[prompt[i]], abs=1e-3)
         assert set(np.argsort(-lp)[:3].tolist()) <= set(entry)
+
+
+@pytest.fixture(scope="module")
+def tpu_artifact(tiny_checkpoint, tmp_path_factory):
+    # 12 usable pages of 4 (max_seq_len 32: 8 pages a sequence): too few for all the prompts at once
+    return compile_artifact(tiny_checkpoint, tmp_path_factory.mktemp("llm-engine") / "tpu", target="tpu-like",
+                            buckets="batch=1,4;len=8,16;pages=13", page_size=PAGE, max_seq_len=32)
+
+
+def test_static_shape_target_scheduled_greedy_equals_each_prompt_alone(tpu_artifact):
+    """tpu-like: every call padded to a compiled bucket; no extend_all, so prompt logprobs
+    come from the decode stand-in."""
+    expected = {str(i): alone(Engine(tpu_artifact), p, NEW_TOKENS)[0] for i, p in enumerate(PROMPTS)}
+    llm = LLMEngine(Engine(tpu_artifact), SchedulerConfig(max_num_seqs=6, max_num_batched_tokens=9))
+    assert llm._has_extend and not llm._has_all_logits
+    assert llm.scheduler.config.long_prefill_token_threshold == 16  # no chunk longer than the longest bucket
+    final = run_all(llm, SamplingParams(max_tokens=NEW_TOKENS, stop_token_ids=()))
+    assert {rid: o.outputs[0].token_ids for rid, o in final.items()} == expected
+    assert llm.stats.num_preemptions > 0 and llm.stats.prefix_cache_hits > 0 and llm.stats.num_pages_used == 0
+    llm.add_request("lp", PROMPTS[0], SamplingParams(max_tokens=1, stop_token_ids=(), prompt_logprobs=0))
+    out = None
+    while llm.has_unfinished_requests():
+        out = (llm.step() or [out])[0]
+    assert out.outputs[0].token_ids == expected["0"][:1] and all(e is not None for e in out.prompt_logprobs[1:])
