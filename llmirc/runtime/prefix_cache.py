@@ -45,10 +45,6 @@ class CacheHit:
     pages: list[int]
     node: PageNode
 
-    @property
-    def num_pages(self) -> int:
-        return len(self.pages)
-
 
 class PrefixCache:
     """Trie of full pages over `pool`; counts lookups (`queries`) and `hits`, in tokens."""

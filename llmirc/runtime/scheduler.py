@@ -188,9 +188,6 @@ class Scheduler:
         self._free(seq)
         seq.status = Status.FINISHED
 
-    def has_unfinished(self) -> bool:
-        return bool(self.waiting or self.running)
-
     # ---- one step ----------------------------------------------------------------------
 
     def schedule(self) -> SchedulerOutput:
