@@ -104,7 +104,8 @@ class SamplingParams:
         """The random stream of completion `index`: seeded when `seed` is, else fresh entropy."""
         if self.seed is None:
             return np.random.default_rng()
-        return np.random.default_rng(self.seed if index == 0 else [self.seed, index])
+        seed = self.seed % 2**64  # any integer (OpenAI's are int64); numpy takes non-negative ones
+        return np.random.default_rng(seed if index == 0 else [seed, index])
 
 
 def sample(logits: np.ndarray, params: SamplingParams, rng: np.random.Generator,

@@ -178,3 +178,8 @@ def test_seed_gives_each_completion_its_own_stream():
     assert a.rng(0).random() == b.rng(0).random() and a.rng(1).random() == b.rng(1).random()
     assert a.rng(0).random() != a.rng(1).random()
     assert SamplingParams(seed=5).rng(0).random() == np.random.default_rng(5).random()
+
+
+def test_negative_seeds_are_seeds_too():
+    assert SamplingParams(seed=-1).rng(0).random() == np.random.default_rng(2**64 - 1).random()
+    assert SamplingParams(seed=-1).rng(1).random() == SamplingParams(seed=2**64 - 1).rng(1).random()
