@@ -16,7 +16,8 @@ at most --concurrency in flight, all queued at once (vLLM's `--request-rate inf
 
 Metrics as `vllm bench serve` defines them:
 - TTFT: request sent -> first streamed token.
-- ITL: the gaps between successive streamed chunks of a request (all requests pooled).
+- ITL: the gaps between successive streamed chunks of a request (all requests pooled); the
+  requests ask for logprobs 0, which makes every token a chunk of its own (see one_request).
 - TPOT: per request (latency - TTFT) / (output tokens - 1), for requests with > 1 token.
 - request throughput: completed requests / wall time of the run; output token throughput:
   generated tokens / wall time; total token throughput: (prompt + generated) / wall time.
@@ -41,6 +42,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -101,6 +103,9 @@ class Server:
             self.__exit__()
             raise SystemExit(f"llmirc serve did not start: {line.strip() or 'no output'}")
         self.url = line.split(" on ")[1].split()[0]
+        # keep reading its stderr (warnings), so a full pipe never blocks the server
+        threading.Thread(target=lambda: [sys.stderr.write("server: " + ln) for ln in self.proc.stderr],
+                         daemon=True).start()
         deadline = time.monotonic() + self.start_timeout_s
         while True:
             try:
@@ -131,8 +136,11 @@ class Server:
 
 async def one_request(client: httpx.AsyncClient, prompt: list[int], max_tokens: int) -> RequestResult:
     """One streaming completion, timed as vLLM's benchmark times it."""
+    # logprobs 0 (the sampled token's only): every token then gets its own chunk. Without it a
+    # token with no text of its own sends none, and the random-weight models here generate many
+    # ids their 303-token tokenizer has no text for, so chunks would bunch several tokens.
     body = {"model": "bench", "prompt": prompt, "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True,
-            "stream": True, "stream_options": {"include_usage": True}}
+            "logprobs": 0, "stream": True, "stream_options": {"include_usage": True}}
     res = RequestResult(ok=False, prompt_len=len(prompt))
     t0 = last = time.perf_counter()
     try:
@@ -150,7 +158,7 @@ async def one_request(client: httpx.AsyncClient, prompt: list[int], max_tokens: 
                 now = time.perf_counter()
                 if chunk.get("usage"):
                     res.output_tokens = chunk["usage"]["completion_tokens"]
-                if chunk["choices"] and (chunk["choices"][0]["text"] or chunk["choices"][0]["finish_reason"]):
+                if chunk["choices"]:
                     if res.ttft == 0.0:
                         res.ttft = now - t0
                     else:

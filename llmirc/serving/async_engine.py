@@ -300,7 +300,13 @@ def _resolve(loop: asyncio.AbstractEventLoop, fut: asyncio.Future, result=None, 
 
 async def merge(gens: list[AsyncIterator[Any]]) -> AsyncIterator[tuple[int, Any]]:
     """(index, item) from several async iterators as items arrive; closing the merge (or an
-    error in one) closes every iterator, so each one's cleanup (abort) runs."""
+    error in one) closes every iterator, so each one's cleanup (abort) runs. One iterator (the
+    usual request) is passed through without the extra task and queue hop per item."""
+    if len(gens) == 1:
+        async with aclosing(gens[0]) as only:
+            async for item in only:
+                yield 0, item
+        return
     out: asyncio.Queue = asyncio.Queue()
     done = object()
 
