@@ -53,15 +53,6 @@ class _Abort:
     request_id: str
 
 
-@dataclass
-class _Call:
-    """Run fn(engine) on the engine thread (stats, tests); the result goes to `done`."""
-
-    fn: Any
-    loop: asyncio.AbstractEventLoop
-    done: asyncio.Future
-
-
 _STOP = object()
 
 
@@ -144,25 +135,9 @@ class AsyncEngine:
             raise
         return RequestStream(self, request_id, stream)
 
-    async def generate(self, request_id: str, prompt_token_ids: list[int], params: Any,
-                       arrival: float | None = None) -> AsyncIterator[Any]:
-        """`add`, then its outputs until the finished one."""
-        outputs = await self.add(request_id, prompt_token_ids, params, arrival)
-        async with aclosing(outputs):
-            async for out in outputs:
-                yield out
-
     def abort(self, request_id: str) -> None:
         """Thread-safe; the engine thread aborts before its next step. Unknown ids: no-op."""
         self._commands.put(_Abort(request_id))
-
-    async def call(self, fn) -> Any:
-        """fn(engine) on the engine thread, between steps (consistent stats, test probes)."""
-        self._check_alive()
-        loop = asyncio.get_running_loop()
-        done = loop.create_future()
-        self._commands.put(_Call(fn, loop, done))
-        return await done
 
     def _check_alive(self) -> None:
         if self._error is not None:
@@ -221,11 +196,6 @@ class AsyncEngine:
             if self._streams.pop(cmd.request_id, None) is not None and self.metrics is not None:
                 self.metrics.finished.labels("abort").inc()
             self._update_metrics()
-        elif isinstance(cmd, _Call):
-            try:
-                _resolve(cmd.loop, cmd.done, cmd.fn(self.engine))
-            except Exception as e:
-                _resolve(cmd.loop, cmd.done, error=e)
 
     def _dispatch(self, outputs) -> None:
         """Hand a step's outputs over: one wake-up of each event loop per step, not one per
@@ -272,8 +242,6 @@ class AsyncEngine:
                 return
             if isinstance(cmd, _Add):
                 _resolve(cmd.stream.loop, cmd.accepted, error=EngineDeadError(str(error)))
-            elif isinstance(cmd, _Call):
-                _resolve(cmd.loop, cmd.done, error=EngineDeadError(str(error)))
 
 
 def _deliver(items: list) -> None:
