@@ -126,12 +126,19 @@ def _rope(a, x, pos):
 
 
 def _attend(a, q: Array, k: Array, v: Array, pos: Array) -> Array:
-    """q [B,T,NH,D], k/v [B,S,KH,D]; key s visible iff s <= pos[b,t]; rows with pos < 0 are 0."""
+    """q [B,T,NH,D], k/v [B,S,KH,D]; key s visible iff s <= pos[b,t] (and s > pos - window with a
+    window); rows with pos < 0 are 0."""
     b_, t_, nh, d = q.shape
     kh = k.shape[2]
     qg = q.reshape(b_, t_, kh, nh // kh, d)
     scores = np.einsum("btkgd,bskd->bkgts", qg, k) * np.float32(a["scale"])
-    visible = np.arange(k.shape[1])[None, None, :] <= pos[:, :, None]  # [B, T, S]
+    cap = np.float32(a.get("softcap", 0.0))
+    if cap > 0:
+        scores = (np.tanh(scores / cap) * cap).astype(np.float32)
+    keys = np.arange(k.shape[1])[None, None, :]
+    visible = keys <= pos[:, :, None]  # [B, T, S]
+    if a.get("window", 0) > 0:
+        visible &= keys > pos[:, :, None] - a["window"]
     scores = np.where(visible[:, None, None], scores, -np.inf)
     live = (pos >= 0)[:, None, None, :, None]
     probs = np.where(live, _softmax(np.where(live, scores, 0)), 0)

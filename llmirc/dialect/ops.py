@@ -175,8 +175,10 @@ register(OpSpec(
 
 # ---- attention and the KV cache ------------------------------------------------------
 
+# window W > 0: sliding-window attention, key s visible to position p iff p - W < s <= p (0: all s <= p).
+# softcap C > 0: scores become C * tanh(score * scale / C) before the mask (Gemma 2); 0: off.
 _ATTN_ATTRS = (Attr("layer", "i64"), Attr("num_heads", "i64"), Attr("num_kv_heads", "i64"),
-               Attr("head_dim", "i64"), Attr("scale", "f32"))
+               Attr("head_dim", "i64"), Attr("scale", "f32"), Attr("window", "i64", 0), Attr("softcap", "f32", 0.0))
 
 
 def _check_heads(q: TensorT, cache: KVCacheT | PagedKVCacheT, attrs: Attrs) -> None:
@@ -197,7 +199,8 @@ def _attention(ts: Types, attrs: Attrs):
 
 register(OpSpec(
     "attention", "Causal grouped-query attention of `query` over layer `layer` of a "
-    "contiguous cache: key s is visible to a query at position p iff s <= p.",
+    "contiguous cache: key s is visible to a query at position p iff s <= p (and s > p - window "
+    "when window > 0); scores are soft-capped when softcap > 0.",
     operands=(Operand("query", "float", 4), Operand("cache", "kv_cache"), Operand("positions", "int", 2)),
     attrs=_ATTN_ATTRS, infer=_attention))
 

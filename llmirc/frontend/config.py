@@ -38,6 +38,7 @@ class ModelConfig:
     o_bias: bool = False
     mlp_bias: bool = False
     qk_norm: bool = False  # RMSNorm over each head of q and k before rope (Qwen3)
+    layer_windows: tuple[int, ...] = ()  # per layer: sliding-window size, 0 = full causal (() = all 0)
     family: str = "llama"
     hidden_act: str = "silu"
     bos_token_id: int | None = None
@@ -55,6 +56,9 @@ class ModelConfig:
         """Scale of q.k: 1/sqrt(head_dim), times the square of the rope's attention factor
         (YaRN scales cos and sin, hence both q and k)."""
         return self.head_dim ** -0.5 * self.rope.attention_factor(self.head_dim) ** 2
+
+    def window(self, layer: int) -> int:
+        return self.layer_windows[layer] if self.layer_windows else 0
 
     def summary(self) -> dict:
         return {"architecture": self.architecture, "vocab_size": self.vocab_size,
@@ -80,9 +84,9 @@ def _given(cfg: dict, key: str, default):
 ATTENTION_LAYER_TYPES = ("full_attention", "sliding_attention")
 
 
-def _check_attention_span(cfg: dict, path: Path, seq_len: int, num_layers: int, window: int | None) -> None:
-    """Refuse a sliding window shorter than the compiled sequence (full attention is all we
-    lower today); a window at least that long never drops a key, so it changes nothing."""
+def _attention_windows(cfg: dict, path: Path, seq_len: int, num_layers: int, family) -> tuple[int, ...]:
+    """Each layer's sliding window as the family applies it (0: full causal). A window at
+    least as long as the compiled sequence never drops a key, so it is stored as 0."""
     layer_types = cfg.get("layer_types")
     if layer_types is not None:
         if not isinstance(layer_types, list) or len(layer_types) != num_layers:
@@ -92,13 +96,10 @@ def _check_attention_span(cfg: dict, path: Path, seq_len: int, num_layers: int, 
         if unknown:
             raise CheckpointError(f"{path}: layer_types '{unknown[0]}' is not supported "
                                   f"(supported: {', '.join(ATTENTION_LAYER_TYPES)})")
-    if window is None:  # no window in effect (the family says which key enables it)
-        return
-    if int(window) < seq_len:
-        raise CheckpointError(
-            f"{path}: sliding_window {window} is shorter than the compiled max sequence length {seq_len}, and "
-            f"sliding-window attention is not supported yet; compile with --max-seq-len {window} (or less) so "
-            "that every sequence fits inside the window")
+    windows = family.layer_windows(cfg, num_layers)
+    if any(w < 0 for w in windows):
+        raise CheckpointError(f"{path}: sliding_window {cfg.get('sliding_window')} must be positive (or null)")
+    return tuple(w if w < seq_len else 0 for w in windows)
 
 
 def load_config(checkpoint_dir: Path, max_seq_len: int | None = None) -> ModelConfig:
@@ -130,7 +131,7 @@ def load_config(checkpoint_dir: Path, max_seq_len: int | None = None) -> ModelCo
     ctx = int(cfg.get("max_position_embeddings") or 2048)
     seq_len = min(ctx, max_seq_len) if max_seq_len else ctx
     layers = int(_require(cfg, "num_hidden_layers", path))
-    _check_attention_span(cfg, path, seq_len, layers, family.window(cfg))
+    windows = _attention_windows(cfg, path, seq_len, layers, family)
     rope, rope_warnings = read_rope(cfg, str(path), ctx)
     config = ModelConfig(
         vocab_size=int(_require(cfg, "vocab_size", path)),
@@ -143,6 +144,7 @@ def load_config(checkpoint_dir: Path, max_seq_len: int | None = None) -> ModelCo
         rope=rope,
         tie_word_embeddings=bool(_given(cfg, "tie_word_embeddings", False)),
         **family.choices(cfg, str(path)),
+        layer_windows=windows,
         family=family.name,
         bos_token_id=cfg.get("bos_token_id"),
         eos_token_ids=eos_ids,

@@ -90,7 +90,7 @@ class _DecoderBuilder:
         k = b.rope(k, pos, inv_freq=self.inv_freq, loc=p + ".rope_k")
         cache = b.append_kv(cache, k, v, pos, layer=i, loc=p + ".append_kv")
         a = b.attention(q, cache, pos, layer=i, num_heads=c.num_heads, num_kv_heads=c.num_kv_heads,
-                        head_dim=c.head_dim, scale=c.attention_scale(), loc=p + ".attention")
+                        head_dim=c.head_dim, scale=c.attention_scale(), window=c.window(i), loc=p + ".attention")
         a = b.reshape(a, shape=[0, 0, c.num_heads * c.head_dim])
         return self.linear(a, p + ".o_proj", c.o_bias), cache
 

@@ -142,12 +142,14 @@ def paged_attention(e: Emitter, op: LOp) -> list[TV]:
     q, pool, bt, pos = op.operands
     strategy = op.options.get("attention", "decomposed")
     layer, nh, kh, hd = op.attrs["layer"], op.attrs["num_heads"], op.attrs["num_kv_heads"], op.attrs["head_dim"]
-    scale = op.attrs["scale"]
+    scale, window, softcap = op.attrs["scale"], op.attrs.get("window", 0), op.attrs.get("softcap", 0.0)
     g = nh // kh
     ft = q.dtype
     b_, t_ = q.dims[0], q.dims[1]
     if strategy not in STRATEGIES:
         raise LoweringError(f"unknown attention strategy {strategy!r} (choose from {', '.join(STRATEGIES)})")
+    if softcap and strategy == "fused":
+        strategy = "decomposed"  # iree_linalg_ext.attention has no score soft-capping
     # q [B, T, NH, D] -> [B, T, KH, G, D] -> [B, KH, G, T, D] -> [B, KH, G*T, D]: one matrix per KV head
     q5 = e.expand(q, [[0], [1], [2, 3], [4]], (b_, t_, kh, g, hd))
     q4 = e.collapse(e.transpose(q5, [0, 2, 3, 1, 4]), [[0], [1], [2, 3], [4]])
@@ -161,12 +163,13 @@ def paged_attention(e: Emitter, op: LOp) -> list[TV]:
         q3 = e.collapse(q4, [[0, 1], [2], [3]])  # [B*KH, G*T, D]
         scores = _batch_matmul(e, q3, k, transpose_b=True)  # [B*KH, G*T, S]
         scores5 = e.expand(scores, [[0, 1], [2, 3], [4]], (b_, kh, g, t_, s_))
-        probs = e.collapse(softmax_last(e, _mask_scores(e, scores5, pos, scale)), [[0, 1], [2, 3], [4]])
+        probs = e.collapse(softmax_last(e, _mask_scores(e, scores5, pos, scale, window, softcap)),
+                           [[0, 1], [2, 3], [4]])
         out4 = e.expand(_batch_matmul(e, probs, v), [[0, 1], [2], [3]], (b_, kh, q4.dims[2], hd))
     else:
         k = gather_pages(e, pool, bt, layer, 0, ft)  # [B, S, KH, D]
         v = gather_pages(e, pool, bt, layer, 1, ft)
-        mask = e.collapse(_additive_mask(e, pos, (b_, kh, g, t_, k.dims[1]), ft), [[0], [1], [2, 3], [4]])
+        mask = e.collapse(_additive_mask(e, pos, (b_, kh, g, t_, k.dims[1]), ft, window), [[0], [1], [2, 3], [4]])
         out4 = _fused_attention(e, q4, k, v, mask, scale)
 
     # [B, KH, G*T, D] -> [B, KH, G, T, D] -> [B, T, KH, G, D] with padding rows zeroed -> [B, T, NH, D]
@@ -197,32 +200,45 @@ def _batch_matmul(e: Emitter, a: TV, b: TV, transpose_b: bool = False) -> TV:
     return TV(name, acc.dims, ft)
 
 
-def _visible(e: Emitter, s_loop: int, p: str, pos_dtype: str) -> str:
-    """i1: key index (loop `s_loop`) <= position p (false for every key when p < 0)."""
+def _visible(e: Emitter, s_loop: int, p: str, pos_dtype: str, window: str | None = None) -> str:
+    """i1: key index (loop `s_loop`) <= position p, and > p - window given a window constant
+    (false for every key when p < 0)."""
     s = e.v(f"arith.index_cast {e.index(s_loop)} : index to {pos_dtype}")
-    return e.v(f"arith.cmpi sle, {s}, {p} : {pos_dtype}")
+    vis = e.v(f"arith.cmpi sle, {s}, {p} : {pos_dtype}")
+    if window is not None:
+        lo = e.v(f"arith.subi {p}, {window} : {pos_dtype}")
+        vis = e.v(f"arith.andi {vis}, {e.v(f'arith.cmpi sgt, {s}, {lo} : {pos_dtype}')} : i1")
+    return vis
 
 
-def _mask_scores(e: Emitter, scores: TV, pos: TV, scale: float) -> TV:
-    """[B, KH, G, T, S]: score * scale where key s is visible to the query, else NEG_LARGE."""
+def _mask_scores(e: Emitter, scores: TV, pos: TV, scale: float, window: int = 0, softcap: float = 0.0) -> TV:
+    """[B, KH, G, T, S]: score * scale (soft-capped: C * tanh(x / C)) where key s is visible to
+    the query, else NEG_LARGE."""
     ft = scores.dtype
     out = e.empty(scores.dims, ft)
     c_scale, neg = e.const(scale, ft), e.const(NEG_LARGE, ft)
+    c_window = e.const(window, pos.dtype) if window > 0 else None  # constants outside the region
+    cap = e.const(softcap, ft) if softcap else None
 
     def body(a):
-        vis = _visible(e, 4, a[1], pos.dtype)
-        return [e.v(f"arith.select {vis}, {e.v(f'arith.mulf {a[0]}, {c_scale} : {ft}')}, {neg} : {ft}")]
+        vis = _visible(e, 4, a[1], pos.dtype, c_window)
+        x = e.v(f"arith.mulf {a[0]}, {c_scale} : {ft}")
+        if cap is not None:
+            th = e.v(f"math.tanh {e.v(f'arith.divf {x}, {cap} : {ft}')} : {ft}")
+            x = e.v(f"arith.mulf {th}, {cap} : {ft}")
+        return [e.v(f"arith.select {vis}, {x}, {neg} : {ft}")]
 
     return e.generic(5, [(scores, identity(5)), (pos, ["d0", "d3"])], [(out, identity(5))], body)[0]
 
 
-def _additive_mask(e: Emitter, pos: TV, dims, ft: str) -> TV:
+def _additive_mask(e: Emitter, pos: TV, dims, ft: str, window: int = 0) -> TV:
     """[B, KH, G, T, S]: 0 where key s is visible to the query, else NEG_LARGE."""
     out = e.empty(dims, ft)
     zero, neg = e.const(0.0, ft), e.const(NEG_LARGE, ft)
+    c_window = e.const(window, pos.dtype) if window > 0 else None
 
     def body(a):
-        return [e.v(f"arith.select {_visible(e, 4, a[0], pos.dtype)}, {zero}, {neg} : {ft}")]
+        return [e.v(f"arith.select {_visible(e, 4, a[0], pos.dtype, c_window)}, {zero}, {neg} : {ft}")]
 
     return e.generic(5, [(pos, ["d0", "d3"])], [(out, identity(5))], body)[0]
 

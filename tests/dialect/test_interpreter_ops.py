@@ -196,6 +196,29 @@ def test_attention_vs_torch_sdpa(rng, kind):
     assert np.all(got[pos < 0] == 0)
 
 
+@pytest.mark.parametrize("window,softcap", [(3, 0.0), (0, 2.5), (4, 1.5)])
+def test_attention_window_and_softcap_vs_torch(rng, window, softcap):
+    """Sliding window (key s visible iff p - W < s <= p) and Gemma 2's soft-capping
+    (C * tanh(score / C) before the mask), against an eager torch computation."""
+    pos = np.array([[5, 6, 7, 8, 9], [0, 1, 2, -1, -1]], np.int64)
+    q = randn(rng, 2, 5, 4, 8)
+    k_all, v_all = randn(rng, 2, 12, 2, 8), randn(rng, 2, 12, 2, 8)
+    cache, ctype = _contiguous_cache(k_all, v_all, layer=0, layers=2)
+    got = run_op("attention", q, (cache, ctype), pos, layer=0, window=window, softcap=softcap, **ATTN)
+    qt = t(q).transpose(1, 2)
+    kt, vt = (t(x).transpose(1, 2).repeat_interleave(2, dim=1) for x in (k_all, v_all))
+    scores = qt @ kt.transpose(-1, -2) * ATTN["scale"]
+    if softcap:
+        scores = torch.tanh(scores / softcap) * softcap
+    keys, p = torch.arange(12)[None, None, :], t(pos)[:, :, None]
+    visible = (keys <= p) & ((keys > p - window) if window else True)
+    scores = scores.masked_fill(~visible[:, None], float("-inf"))
+    live = t(pos) >= 0
+    ref = torch.nan_to_num(torch.softmax(scores, -1)) @ vt
+    ref = ref.transpose(1, 2) * live[:, :, None, None]
+    close(got, ref.numpy(), atol=1e-5)
+
+
 def test_attention_ignores_keys_after_position(rng):
     pos = np.array([[2, 3]], np.int64)
     q = randn(rng, 1, 2, 4, 8)

@@ -82,3 +82,26 @@ def test_a_missing_block_changes_the_answer(model_type, block, tmp_path):
     with_block, without = hf_model(ckpt), hf_model(other)  # the llama model ignores the extra tensors
     gap = max(np.abs(hf_last_logits(with_block, p) - hf_last_logits(without, p)).max() for p in PROMPTS)
     assert gap > 1e-2, f"dropping the {block} moves the logits by only {gap}"
+
+
+@pytest.mark.parametrize("model_type,window", [
+    pytest.param("mistral", dict(sliding_window=16), id="mistral-every-layer"),
+    pytest.param("qwen2", dict(use_sliding_window=True, sliding_window=16, max_window_layers=1), id="qwen2-layer-1",
+                 marks=pytest.mark.slow),
+])
+def test_sliding_window_matches_transformers(model_type, window, tmp_path):
+    """A 16-token window, compiled at the full 128 positions; the longest prompt (25 tokens,
+    + 32 new) runs far past the window, so the masked keys change the answer."""
+    ckpt = save_hf_model(tmp_path / "ckpt", model_type, seed=5, **window)
+    config = load_config(ckpt)
+    assert config.max_seq_len == 128 and 16 in config.layer_windows
+    art = compile_artifact(ckpt, tmp_path / "art", opt_level=3)
+    ref = check_artifact_against_transformers(ckpt, art, PROMPTS, NEW_TOKENS)
+    full = shutil.copytree(ckpt, tmp_path / "full")
+    cfg = json.loads((full / "config.json").read_text())
+    cfg.update(sliding_window=None, use_sliding_window=False, layer_types=None)
+    (full / "config.json").write_text(json.dumps({k: v for k, v in cfg.items() if v is not None}))
+    hf_full = hf_model(full)
+    from tests.reference import hf_greedy
+
+    assert [hf_greedy(hf_full, p, NEW_TOKENS)[0] for p in PROMPTS] != ref  # the window matters

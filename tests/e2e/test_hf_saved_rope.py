@@ -16,7 +16,6 @@ from pathlib import Path
 import pytest
 
 from llmirc.frontend import load_config
-from tests.cli import assert_one_error, run_cli
 from tests.e2e.conftest import compile_artifact
 from tests.hf_checkpoints import save_hf_model, to_transformers4_layout
 from tests.reference import check_artifact_against_transformers, hf_greedy, hf_model
@@ -76,25 +75,3 @@ def test_transformers4_layout_matches_transformers(tmp_path, rope):
     assert "rope_parameters" not in cfg and "rope_theta" in cfg
     assert load_config(ckpt).warnings == ()
     _check_against_transformers(ckpt, compile_artifact(ckpt, tmp_path / "art", opt_level=3), tmp_path)
-
-
-@pytest.fixture(scope="module")
-def mistral_with_window(tmp_path_factory) -> Path:
-    """A Mistral saved by transformers with a 64-token window and 128 positions."""
-    return save_hf_model(tmp_path_factory.mktemp("mistral") / "ckpt", "mistral", seed=3, sliding_window=64,
-                         rope_parameters={"rope_type": "default", "rope_theta": 2000.0})
-
-
-def test_sliding_window_below_compiled_length_is_refused(mistral_with_window, tmp_path):
-    out = tmp_path / "art"
-    res = run_cli("compile", mistral_with_window, "-o", out, "-q")
-    assert_one_error(res, "sliding_window 64 is shorter than the compiled max sequence length 128",
-                     "--max-seq-len 64")
-    assert not out.exists() and not list(tmp_path.glob(".*"))
-
-
-def test_sliding_window_model_compiled_inside_its_window_matches_transformers(mistral_with_window, tmp_path):
-    """Every sequence of a --max-seq-len 64 artifact fits the window: full attention is exact."""
-    art = compile_artifact(mistral_with_window, tmp_path / "art", opt_level=3, max_seq_len=64)
-    assert json.loads((art / "manifest.json").read_text())["model"]["max_seq_len"] == 64
-    _check_against_transformers(mistral_with_window, art, tmp_path)

@@ -51,8 +51,6 @@ BREAKAGES = {
                             "rope_parameters type 'proportional' is not supported"),
     "partial-rotary": (lambda d: _edit_config(d, partial_rotary_factor=0.5),
                        "partial_rotary_factor 0.5 is not supported"),
-    "sliding-window": (lambda d: _edit_config(d, sliding_window=64),
-                       "sliding_window 64 is shorter than the compiled max sequence length 128"),
     "unknown-layer-type": (lambda d: _edit_config(d, layer_types=["full_attention", "chunked_attention"]),
                            "layer_types 'chunked_attention' is not supported"),
     "unsupported-act": (lambda d: _edit_config(d, hidden_act="gelu"), "hidden_act 'gelu' is not supported"),

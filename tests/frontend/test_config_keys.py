@@ -110,13 +110,20 @@ def test_missing_rope_parameter_is_refused(checkpoint_copy):
         load_config(checkpoint_copy)
 
 
-def test_sliding_window_at_least_the_compiled_length_is_accepted(checkpoint_copy):
+def test_attention_windows_as_each_family_applies_them(checkpoint_copy):
+    """transformers' Llama ignores sliding_window; Mistral applies it in every layer; Qwen2 only
+    with use_sliding_window, from max_window_layers on. A window >= the compiled length is 0."""
     _write(checkpoint_copy, sliding_window=64)
-    with pytest.raises(CheckpointError, match="compile with --max-seq-len 64"):
-        load_config(checkpoint_copy)
-    assert load_config(checkpoint_copy, max_seq_len=64).max_seq_len == 64
-    _write(checkpoint_copy, sliding_window=128, layer_types=["sliding_attention", "full_attention"])
-    assert load_config(checkpoint_copy).max_seq_len == 128
+    assert load_config(checkpoint_copy).layer_windows == (0, 0)
+    _write(checkpoint_copy, architectures=["MistralForCausalLM"], model_type="mistral")
+    assert load_config(checkpoint_copy).layer_windows == (64, 64)
+    assert load_config(checkpoint_copy, max_seq_len=64).layer_windows == (0, 0)
+    _write(checkpoint_copy, architectures=["Qwen2ForCausalLM"], model_type="qwen2", use_sliding_window=False)
+    assert load_config(checkpoint_copy).layer_windows == (0, 0)
+    _write(checkpoint_copy, use_sliding_window=True, max_window_layers=1)
+    assert load_config(checkpoint_copy).layer_windows == (0, 64)
+    _write(checkpoint_copy, layer_types=["sliding_attention", "full_attention"])
+    assert load_config(checkpoint_copy).layer_windows == (64, 0)
 
 
 # ---- rope numerics: against transformers' ROPE_INIT_FUNCTIONS ----------------------------

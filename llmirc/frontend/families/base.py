@@ -9,8 +9,21 @@ from typing import Any
 Choices = Callable[[dict[str, Any], str], dict[str, Any]]
 
 
-def _plain_window(cfg: dict[str, Any]) -> int | None:
-    return cfg.get("sliding_window")
+def no_window(cfg: dict[str, Any], num_layers: int) -> tuple[int, ...]:
+    """Full causal attention in every layer (0 = no window)."""
+    return (0,) * num_layers
+
+
+def window_everywhere(cfg: dict[str, Any], num_layers: int) -> tuple[int, ...]:
+    """`sliding_window` (null: none) in every layer."""
+    return (int(cfg.get("sliding_window") or 0),) * num_layers
+
+
+def window_by_layer_type(cfg: dict[str, Any], num_layers: int) -> tuple[int, ...]:
+    """`sliding_window` in the layers `layer_types` marks sliding_attention."""
+    window = int(cfg.get("sliding_window") or 0)
+    types = cfg.get("layer_types") or ["full_attention"] * num_layers
+    return tuple(window if t == "sliding_attention" else 0 for t in types)
 
 
 @dataclass(frozen=True)
@@ -23,7 +36,8 @@ class Family:
     choices: Choices                                   # config.json -> ModelConfig block fields
     reads: frozenset[str] = frozenset()                # family keys read by `choices`
     inert: Mapping[str, str] = field(default_factory=dict)  # family keys that do not change numerics
-    window: Callable[[dict[str, Any]], int | None] = _plain_window  # the sliding window in effect
+    # the attention window of each layer (0: full causal), as transformers applies it
+    layer_windows: Callable[[dict[str, Any], int], tuple[int, ...]] = no_window
     features: tuple[str, ...] = ()                     # one phrase each, for `llmirc models`
     refused: tuple[str, ...] = ()                      # what this family refuses, for `llmirc models`
 

@@ -1,4 +1,7 @@
-"""Llama (1, 2, 3.x) and Llama-shaped checkpoints: `attention_bias` puts a bias on q, k, v and o."""
+"""Llama (1, 2, 3.x) and Llama-shaped checkpoints: `attention_bias` puts a bias on q, k, v and o.
+
+Full causal attention in every layer: transformers' Llama does not read `sliding_window`.
+"""
 
 from __future__ import annotations
 
@@ -16,5 +19,5 @@ FAMILY = Family(
     choices=_choices, reads=frozenset({"attention_bias", "mlp_bias"}),
     inert={"pretraining_tp": "a tensor-parallel split of the matmuls used in pretraining; the same math"},
     features=("GQA/MQA", "attention_bias (q, k, v, o)", "mlp_bias", "tied embeddings"),
-    refused=("sliding_window shorter than the compiled length", "partial rotary"),
+    refused=("partial rotary",),
 )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import Family
+from .base import Family, window_everywhere
 
 
 def _choices(cfg: dict, where: str) -> dict:
@@ -12,7 +12,6 @@ def _choices(cfg: dict, where: str) -> dict:
 FAMILY = Family(
     name="mistral", architectures=("MistralForCausalLM",),
     summary="Mistral 7B and Mistral-style models: Llama blocks, no biases, optional sliding window",
-    choices=_choices,
-    features=("GQA", "sliding_window at least the compiled length (null: none)"),
-    refused=("sliding_window shorter than the compiled length (compile with --max-seq-len <= window)",),
+    choices=_choices, layer_windows=window_everywhere,
+    features=("GQA", "sliding-window attention in every layer (sliding_window; null: none)"),
 )

@@ -4,7 +4,7 @@
 from __future__ import annotations
 
 from .base import Family, flag
-from .qwen2 import _window
+from .qwen2 import _windows
 
 
 def _choices(cfg: dict, where: str) -> dict:
@@ -16,7 +16,6 @@ FAMILY = Family(
     name="qwen3", architectures=("Qwen3ForCausalLM",),
     summary="Qwen3 dense: Llama blocks with per-head q_norm / k_norm (RMSNorm over head_dim)",
     choices=_choices, reads=frozenset({"attention_bias", "use_sliding_window", "max_window_layers"}),
-    window=_window,
-    features=("GQA", "per-head q/k RMSNorm", "explicit head_dim", "tied embeddings"),
-    refused=("use_sliding_window with a window shorter than the compiled length",),
+    layer_windows=_windows,
+    features=("GQA", "per-head q/k RMSNorm", "explicit head_dim", "tied embeddings", "use_sliding_window"),
 )
