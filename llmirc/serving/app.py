@@ -45,6 +45,7 @@ class ServingModel:
     tokenizer: Any | None = None   # tokenizers.Tokenizer
     add_bos: bool = False
     bos_token_id: int | None = None
+    eos_token_ids: tuple[int, ...] = ()
     chat_template: ChatTemplate | None = None
     no_template_message: str = "this model has no chat template; start the server with --chat-template FILE"
 
@@ -281,7 +282,7 @@ class _Handlers:
             for c in out.outputs:
                 choices.append(P.CompletionChoice(
                     index=i * req.n + c.index, text=c.text, finish_reason=c.finish_reason,
-                    stop_reason=c.stop_reason,
+                    stop_reason=self._stop_reason(c),
                     logprobs=self._completion_logprobs(c.token_ids, c.logprobs) if logprobs is not None else None))
         choices.sort(key=lambda c: c.index)
         return JSONResponse(P.CompletionResponse(id=rid, model=self.model.names[0], choices=choices,
@@ -331,7 +332,7 @@ class _Handlers:
                     if c.finish_reason is not None:
                         finished.add(idx)
                     choices.append(P.CompletionChoice(index=idx, text=c.new_text, logprobs=lp,
-                                                      finish_reason=c.finish_reason, stop_reason=c.stop_reason))
+                                                      finish_reason=c.finish_reason, stop_reason=self._stop_reason(c)))
                 if choices:
                     yield _data(P.CompletionResponse(id=rid, created=created, model=name, choices=choices))
         if req.include_usage:
@@ -375,7 +376,7 @@ class _Handlers:
             return _sse(self._stream_chat(rid, req, prompt, streams, k), streams)
         (out,) = await _unless_disconnected(request, self._collect(rid, [prompt], params))
         choices = [P.ChatChoice(index=c.index, message=P.AssistantMessage(content=c.text),
-                                finish_reason=c.finish_reason, stop_reason=c.stop_reason,
+                                finish_reason=c.finish_reason, stop_reason=self._stop_reason(c),
                                 logprobs=self._chat_logprobs(c.token_ids, c.logprobs, k) if k is not None else None)
                    for c in sorted(out.outputs, key=lambda c: c.index)]
         return JSONResponse(P.ChatCompletionResponse(id=rid, model=self.model.names[0], choices=choices,
@@ -418,7 +419,7 @@ class _Handlers:
                     if c.finish_reason is not None:
                         finished.add(c.index)
                     choices.append(P.ChatChunkChoice(index=c.index, delta=P.Delta(content=c.new_text), logprobs=lp,
-                                                     finish_reason=c.finish_reason, stop_reason=c.stop_reason))
+                                                     finish_reason=c.finish_reason, stop_reason=self._stop_reason(c)))
                 if choices:
                     yield chunk(choices)
         if req.include_usage:
@@ -463,10 +464,24 @@ class _Handlers:
         seed = None if req.seed is None else req.seed % 2**64
         wanted = dict(temperature=req.temperature, top_p=req.top_p, top_k=max(req.top_k or 0, 0), seed=seed,
                       max_tokens=max_tokens, stop=stops, repetition_penalty=req.repetition_penalty,
-                      stop_token_ids=tuple(req.stop_token_ids) if req.stop_token_ids else None,
+                      stop_token_ids=self._stop_token_ids(req),
                       n=req.n, min_p=req.min_p, presence_penalty=req.presence_penalty,
                       frequency_penalty=req.frequency_penalty, logprobs=logprobs, ignore_eos=req.ignore_eos)
         return make_sampling_params(wanted)
+
+    def _stop_token_ids(self, req: P._SamplingRequest) -> tuple[int, ...] | None:
+        """vLLM's meaning: stop_token_ids stop *as well as* eos (unless ignore_eos); the runtime's
+        stop_token_ids replace eos, so eos is added here."""
+        if not req.stop_token_ids:
+            return None
+        eos = () if req.ignore_eos else tuple(t for t in self.model.eos_token_ids if t not in req.stop_token_ids)
+        return tuple(req.stop_token_ids) + eos
+
+    def _stop_reason(self, c) -> int | str | None:
+        """As vLLM reports it: the stop string or stop token id, None for eos."""
+        if isinstance(c.stop_reason, int) and c.stop_reason in self.model.eos_token_ids:
+            return None
+        return c.stop_reason
 
     async def _start(self, rid: str, prompts: list[_Prompt], params: list[SamplingParams]) -> list[RequestStream]:
         """Hand every prompt to the engine; all are taken or none (bad input: 400 here, before a

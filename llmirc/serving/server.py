@@ -85,6 +85,7 @@ def serving_model(artifact: Path, engine: Any, names: tuple[str, ...] = (), chat
                         tokenizer=engine.tokenizer,
                         add_bos=should_add_bos(manifest, _read_json(artifact / TOKENIZER_CONFIG)),
                         bos_token_id=manifest.model.bos_token_id,
+                        eos_token_ids=tuple(getattr(engine, "eos_token_ids", ())),
                         chat_template=load_chat_template(artifact, chat_template),
                         no_template_message=no_template_message(artifact))
 

@@ -32,7 +32,7 @@ def tokenizer(tiny_checkpoint):
 
 def fake_model(tokenizer, max_model_len: int = 128, template: str | None = CHATML, **kw) -> ServingModel:
     return ServingModel(names=("fake",), root="/fake", max_model_len=max_model_len, tokenizer=tokenizer,
-                        add_bos=True, bos_token_id=1,
+                        add_bos=True, bos_token_id=1, eos_token_ids=(2,),
                         chat_template=ChatTemplate(template, "<s>", "</s>", "test") if template else None, **kw)
 
 

@@ -367,3 +367,15 @@ def test_engine_failure_is_503_not_500(serve_fake):
         assert events[-1] == "[DONE]" and "device lost" in events[-2]["error"]["message"]
         assert_error(complete(c, prompt="x", max_tokens=2), 503, "restart the server")
         assert_error(c.get("/health"), 503)
+
+
+def test_stop_token_ids_add_to_eos_as_in_vllm(serve_fake):
+    s = serve_fake()
+    with s.client() as c:
+        plain = complete(c, prompt=[5, 6, 7], max_tokens=60).json()["choices"][0]
+        extra = complete(c, prompt=[5, 6, 7], max_tokens=60, stop_token_ids=[0]).json()["choices"][0]
+        past = complete(c, prompt=[5, 6, 7], max_tokens=60, stop_token_ids=[0], ignore_eos=True).json()["choices"][0]
+    # the fake emits eos at sequence length 23: it still stops a request that lists other stop ids
+    assert (plain["finish_reason"], plain["stop_reason"]) == ("stop", None)
+    assert extra == plain
+    assert past["finish_reason"] == "length"
