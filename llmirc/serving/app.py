@@ -141,10 +141,11 @@ def build_app(engine: AsyncEngine, model: ServingModel, config: ServerConfig | N
         if (body.prompt is None) == (body.messages is None):
             raise APIError(400, "give exactly one of prompt and messages", param="prompt")
         if body.messages is not None:
-            text = handlers.render_chat(body.messages, body.add_generation_prompt)
-            ids = model.encode(text, add_special_tokens=False)
+            text = await off_loop(handlers.render_chat, body.messages, body.add_generation_prompt,
+                                  size=_chars(body.messages))
+            ids = await off_loop(model.encode, text, False, size=len(text))
         else:
-            ids = model.encode(body.prompt, add_special_tokens=body.add_special_tokens)
+            ids = await off_loop(model.encode, body.prompt, body.add_special_tokens, size=len(body.prompt))
         return JSONResponse({"count": len(ids), "max_model_len": model.max_model_len, "tokens": ids})
 
     return app
@@ -269,7 +270,7 @@ class _Handlers:
                 raise APIError(400, f"{name} is not supported by this server", param=name)
         if req.best_of is not None and req.best_of != req.n:
             raise APIError(400, "best_of is not supported (only best_of == n)", param="best_of")
-        prompts = [self._fit(ids, req.max_tokens) for ids in self._completion_prompts(req.prompt)]
+        prompts = [self._fit(ids, req.max_tokens) for ids in await self._completion_prompts(req.prompt)]
         logprobs = req.logprobs
         rid = f"cmpl-{uuid.uuid4().hex}"
         params = [self._params(req, p.max_tokens, logprobs) for p in prompts]
@@ -288,7 +289,7 @@ class _Handlers:
         return JSONResponse(P.CompletionResponse(id=rid, model=self.model.names[0], choices=choices,
                                                  usage=_usage(prompts, outs)).model_dump())
 
-    def _completion_prompts(self, prompt) -> list[list[int]]:
+    async def _completion_prompts(self, prompt) -> list[list[int]]:
         if isinstance(prompt, str):
             texts_or_ids: list = [prompt]
         elif prompt and all(isinstance(t, int) for t in prompt):
@@ -300,7 +301,7 @@ class _Handlers:
         if len(texts_or_ids) > P.MAX_PROMPTS:
             raise APIError(400, f"at most {P.MAX_PROMPTS} prompts per request, got {len(texts_or_ids)}",
                            param="prompt")
-        ids = [self.model.encode(p) if isinstance(p, str) else p for p in texts_or_ids]
+        ids = [await off_loop(self.model.encode, p, size=len(p)) if isinstance(p, str) else p for p in texts_or_ids]
         if any(not p for p in ids):
             raise APIError(400, "a prompt has no tokens; give at least one", param="prompt")
         return ids
@@ -365,9 +366,9 @@ class _Handlers:
             raise APIError(400, "logit_bias is not supported by this server", param="logit_bias")
         if req.top_logprobs and not req.logprobs:
             raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
-        text = self.render_chat(req.messages, req.add_generation_prompt)
+        text = await off_loop(self.render_chat, req.messages, req.add_generation_prompt, size=_chars(req.messages))
         max_tokens = req.max_completion_tokens if req.max_completion_tokens is not None else req.max_tokens
-        prompt = self._fit(self.model.encode(text, add_special_tokens=False), max_tokens)
+        prompt = self._fit(await off_loop(self.model.encode, text, False, size=len(text)), max_tokens)
         k = (req.top_logprobs or 0) if req.logprobs else None
         params = [self._params(req, prompt.max_tokens, k)]
         rid = f"chatcmpl-{uuid.uuid4().hex}"
@@ -504,6 +505,23 @@ class _Handlers:
             async for i, out in events:
                 finals[i] = out
         return finals
+
+
+# Texts longer than this are tokenized (and templates rendered) in a worker thread: a 4 MiB
+# prompt takes the tokenizer most of a second, which would stall every other stream.
+OFF_LOOP_CHARS = 16_384
+
+
+async def off_loop(fn, *args, size: int):
+    """fn(*args), in a worker thread when the input is large, else right here (cheaper)."""
+    if size > OFF_LOOP_CHARS:
+        return await asyncio.to_thread(fn, *args)
+    return fn(*args)
+
+
+def _chars(messages: list[P.ChatMessage]) -> int:
+    return sum(len(m.content) if isinstance(m.content, str) else sum(len(t.text or "") for t in m.content or [])
+               for m in messages)
 
 
 def make_sampling_params(kwargs: dict[str, Any]) -> SamplingParams:

@@ -160,6 +160,10 @@ def test_context_length(serve_fake):
                            param="max_tokens")
         assert err["code"] == "context_length_exceeded"
         assert_error(complete(c, prompt=list(range(3, 3 + 64))), 400, "maximum context length", param="prompt")
+        # a long text is tokenized off the event loop, then refused the same way
+        assert_error(complete(c, prompt="word " * 10_000), 400, "maximum context length", param="prompt")
+        assert_error(c.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "hi " * 10_000}]}),
+                     400, "maximum context length")
         # without max_tokens the rest of the context is the default
         r = complete(c, prompt=list(range(3, 53)), ignore_eos=True)
         assert r.json()["usage"]["completion_tokens"] <= 14
