@@ -113,6 +113,15 @@ def build_app(engine: AsyncEngine, model: ServingModel, config: ServerConfig | N
             return APIError(503, "the engine is not running", "service_unavailable").response()
         return Response(status_code=200)
 
+    @app.get("/version")
+    async def version() -> JSONResponse:
+        from importlib.metadata import PackageNotFoundError, version as package_version
+
+        try:
+            return JSONResponse({"version": package_version("llmirc")})
+        except PackageNotFoundError:  # run from a source tree that was never installed
+            return JSONResponse({"version": "unknown"})
+
     @app.get("/metrics")
     async def get_metrics() -> Response:
         body, content_type = metrics.render()

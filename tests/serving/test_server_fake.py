@@ -39,6 +39,7 @@ def test_models_and_health(serve_fake):
     s = serve_fake()
     with s.client() as c:
         assert c.get("/health").status_code == 200
+        assert c.get("/version").json()["version"]
         data = c.get("/v1/models").json()
     assert data["object"] == "list"
     assert [(m["id"], m["object"], m["max_model_len"]) for m in data["data"]] == [("fake", "model", 128)]
