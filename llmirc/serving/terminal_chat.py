@@ -11,7 +11,10 @@ the conversation, Ctrl-C stops the reply being generated. Input need not be a te
 from __future__ import annotations
 
 import itertools
+import signal
+import threading
 from collections.abc import Callable, Iterable
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -46,16 +49,14 @@ class ChatSession:
         rid = f"chat-{next(self._ids)}"
         self.engine.add_request(rid, ids, self.make_params(budget))
         pieces = []
-        try:
+        with _ctrl_c_flag() as interrupted:
             while self.engine.has_unfinished_requests():
+                if interrupted():  # stop this reply, keep the conversation
+                    self.engine.abort(rid)
                 for out in self.engine.step():
                     if out.request_id == rid and out.outputs[0].new_text:
                         pieces.append(out.outputs[0].new_text)
                         write(out.outputs[0].new_text)
-        except KeyboardInterrupt:  # stop this reply, keep the conversation
-            self.engine.abort(rid)
-            while self.engine.has_unfinished_requests():
-                self.engine.step()
         text = "".join(pieces)
         self.messages.append({"role": "assistant", "content": text})
         return text
@@ -84,6 +85,21 @@ class ChatSession:
             raise LlmircError(f"this message is {len(ids)} tokens with the template; the model's context is "
                               f"{limit}: send a shorter one")
         return ids, min(self.max_tokens, room)
+
+
+@contextmanager
+def _ctrl_c_flag():
+    """Ctrl-C only sets a flag, checked between engine steps: a KeyboardInterrupt in the middle
+    of a step could leave the engine's pages and queues half-updated."""
+    hit = [False]
+    if threading.current_thread() is not threading.main_thread():
+        yield lambda: False
+        return
+    previous = signal.signal(signal.SIGINT, lambda *_: hit.__setitem__(0, True))
+    try:
+        yield lambda: hit[0]
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def run_chat(session: ChatSession, lines: Iterable[str], write: Callable[[str], None],

@@ -125,3 +125,23 @@ def test_run_reads_the_prompt_from_stdin(serve_artifact):
     assert piped.stdout.startswith("In the beginning")
     assert_one_error(invoke("run", serve_artifact, "--prompt", "-", input=""), "empty prompt")
     assert_one_error(invoke("run", serve_artifact, "--prompt", "-", "--prompt", "-", input="x"), "only once")
+
+
+def test_ctrl_c_stops_only_the_reply(serve_artifact, template_file):
+    engine = LLMEngine.from_artifact(serve_artifact, num_pages=40)
+    step, calls = engine.step, [0]
+
+    def step_then_ctrl_c():
+        calls[0] += 1
+        if calls[0] == 3:
+            os.kill(os.getpid(), signal.SIGINT)  # as a terminal's Ctrl-C, in the middle of the reply
+        return step()
+
+    engine.step = step_then_ctrl_c
+    session = ChatSession(engine, load_chat_template(serve_artifact, template_file),
+                          lambda n: SamplingParams(max_tokens=n, ignore_eos=True), max_tokens=50)
+    session.reply("hello", lambda s: None)
+    assert calls[0] < 10 and not engine.has_unfinished_requests() and engine.stats.num_pages_used == 0
+    assert session.messages[-1]["role"] == "assistant"
+    session.reply("again", lambda s: None)  # the chat goes on
+    assert len(session.messages) == 4 and calls[0] > 50
