@@ -7,6 +7,7 @@ import json
 from click.testing import CliRunner
 
 from llmirc.cli import main
+from llmirc.frontend.decoder import ENTRY_FUNCTIONS
 from llmirc.dialect import parse_module, print_module, verify_module
 
 
@@ -25,7 +26,7 @@ def test_make_checkpoint_then_emit_llm(tmp_path):
     module = parse_module(text)
     verify_module(module)
     assert print_module(module) == text
-    assert text.count('"llm.attention"') == 2 * 3
+    assert text.count('"llm.attention"') == len(ENTRY_FUNCTIONS) * 3  # 3 layers
     assert '"llm.weight"() {name = "model.layers.2.mlp.down_proj.weight"}' in text
     assert "dense<" not in text  # weights are referenced by name, never inlined
 

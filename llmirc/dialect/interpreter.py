@@ -106,6 +106,17 @@ def _softmax(x: Array) -> Array:
     return e / e.sum(-1, keepdims=True)
 
 
+@impl("scale")
+def _scale(a, x):
+    return (x * np.float32(a["factor"])).astype(x.dtype)
+
+
+@impl("softcap")
+def _softcap(a, x):
+    cap = np.float32(a["cap"])
+    return (np.tanh(x / cap) * cap).astype(x.dtype)
+
+
 @impl("softmax")
 def _softmax_op(a, x):
     return _softmax(x)

@@ -126,6 +126,10 @@ register(OpSpec("gelu", "GELU, exact (erf) or tanh approximation.",
                 infer=_same_as_first))
 register(OpSpec("softmax", "Softmax over the last dim.", operands=(Operand("input", "float"),),
                 infer=_same_as_first))
+register(OpSpec("scale", "x * factor (Gemma's embedding scale, sqrt(hidden)).",
+                operands=(Operand("input", "float"),), attrs=(Attr("factor", "f32"),), infer=_same_as_first))
+register(OpSpec("softcap", "cap * tanh(x / cap): soft-capping of logits (Gemma 2).",
+                operands=(Operand("input", "float"),), attrs=(Attr("cap", "f32"),), infer=_same_as_first))
 
 
 def _reshape(ts: Types, attrs: Attrs):

@@ -13,6 +13,7 @@ from . import prequantized
 from .checkpoint import Checkpoint
 from .config import LlamaConfig, ModelConfig, load_config
 from .decoder import build_decoder, cache_type, weight_shapes
+from .families import FAMILIES
 from .prequantized import PrequantizedLayout
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -26,10 +27,16 @@ class ImportedModel:
     module: ir.Module
     prequantized: PrequantizedLayout | None = None  # GPTQ/AWQ linears, unpacked by weight_store()
 
+    def load(self, name: str) -> np.ndarray:
+        """One checkpoint tensor as the IR's weight holds it (the family's transform applied)."""
+        value = self.checkpoint.load(name)
+        transform = FAMILIES[self.config.architecture].tensor_transform
+        return value if transform is None else transform(name, value)
+
     def weights(self) -> dict[str, np.ndarray]:
         """Every referenced tensor (float ones as f32; loaded now; shapes were checked at import)."""
         if self.prequantized is None:
-            return {n: self.checkpoint.load(n) for n in weight_shapes(self.config)}
+            return {n: self.load(n) for n in weight_shapes(self.config)}
         store = self.weight_store()
         return {n: store[n] for n in weight_names(self.module)}
 
@@ -38,7 +45,7 @@ class ImportedModel:
         from ..pipelines.weights import WeightStore
 
         quantized = self.prequantized.linears if self.prequantized else {}
-        store = WeightStore(self.checkpoint.load, [n for n in weight_shapes(self.config) if n not in quantized])
+        store = WeightStore(self.load, [n for n in weight_shapes(self.config) if n not in quantized])
         if self.prequantized:
             self.prequantized.register(store, self.checkpoint)
         return store

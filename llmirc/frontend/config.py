@@ -39,6 +39,11 @@ class ModelConfig:
     mlp_bias: bool = False
     qk_norm: bool = False  # RMSNorm over each head of q and k before rope (Qwen3)
     layer_windows: tuple[int, ...] = ()  # per layer: sliding-window size, 0 = full causal (() = all 0)
+    embed_scale: float = 1.0       # embeddings times this (Gemma: sqrt(hidden))
+    sandwich_norms: bool = False   # norms after attention and around the MLP too (Gemma 2)
+    attn_softcap: float = 0.0      # attention scores soft-capped (Gemma 2); 0: off
+    final_softcap: float = 0.0     # logits soft-capped (Gemma 2); 0: off
+    query_scale: float | None = None  # q.k scale base instead of head_dim (Gemma 2 query_pre_attn_scalar)
     family: str = "llama"
     hidden_act: str = "silu"
     bos_token_id: int | None = None
@@ -55,7 +60,8 @@ class ModelConfig:
     def attention_scale(self) -> float:
         """Scale of q.k: 1/sqrt(head_dim), times the square of the rope's attention factor
         (YaRN scales cos and sin, hence both q and k)."""
-        return self.head_dim ** -0.5 * self.rope.attention_factor(self.head_dim) ** 2
+        base = self.query_scale if self.query_scale is not None else self.head_dim
+        return base ** -0.5 * self.rope.attention_factor(self.head_dim) ** 2
 
     def window(self, layer: int) -> int:
         return self.layer_windows[layer] if self.layer_windows else 0
@@ -82,6 +88,9 @@ def _given(cfg: dict, key: str, default):
 
 
 ATTENTION_LAYER_TYPES = ("full_attention", "sliding_attention")
+# transformers' ACT2FN names -> the gate activation of the gated MLP (decoder.py)
+HF_ACTIVATIONS = {"silu": "silu", "swish": "silu", "gelu": "gelu", "gelu_pytorch_tanh": "gelu_tanh",
+                  "gelu_new": "gelu_tanh"}
 
 
 def _attention_windows(cfg: dict, path: Path, seq_len: int, num_layers: int, family) -> tuple[int, ...]:
@@ -123,9 +132,11 @@ def load_config(checkpoint_dir: Path, max_seq_len: int | None = None) -> ModelCo
     if heads % kv_heads:
         raise CheckpointError(f"{path}: num_attention_heads {heads} is not a multiple of "
                               f"num_key_value_heads {kv_heads}")
-    act = cfg.get("hidden_act", "silu")
-    if act != "silu":
-        raise CheckpointError(f"{path}: hidden_act '{act}' is not supported ({family.name} uses silu)")
+    act_key = family.activation_key
+    act = cfg.get(act_key) or "silu"
+    if act not in HF_ACTIVATIONS:
+        raise CheckpointError(f"{path}: {act_key} '{act}' is not supported "
+                              f"(supported: {', '.join(HF_ACTIVATIONS)})")
     eos = cfg.get("eos_token_id")
     eos_ids = tuple(eos) if isinstance(eos, list) else (() if eos is None else (int(eos),))
     ctx = int(cfg.get("max_position_embeddings") or 2048)
@@ -141,6 +152,7 @@ def load_config(checkpoint_dir: Path, max_seq_len: int | None = None) -> ModelCo
         num_heads=heads, num_kv_heads=kv_heads, head_dim=head_dim,
         max_seq_len=seq_len,
         rms_norm_eps=float(_given(cfg, "rms_norm_eps", 1e-6)),
+        hidden_act=HF_ACTIVATIONS[act],
         rope=rope,
         tie_word_embeddings=bool(_given(cfg, "tie_word_embeddings", False)),
         **family.choices(cfg, str(path)),

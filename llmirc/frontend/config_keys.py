@@ -17,7 +17,7 @@ from typing import Any
 READ = frozenset({
     "architectures", "model_type", "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
     "num_attention_heads", "num_key_value_heads", "head_dim", "max_position_embeddings", "rms_norm_eps",
-    "hidden_act", "tie_word_embeddings", "bos_token_id", "eos_token_id",
+    "hidden_act", "hidden_activation", "tie_word_embeddings", "bos_token_id", "eos_token_id",
     "torch_dtype", "dtype", "quantization_config",
     # rope (rope.py): both layouts, and what refines them
     "rope_theta", "rope_scaling", "rope_parameters", "partial_rotary_factor", "original_max_position_embeddings",

@@ -44,6 +44,8 @@ def weight_shapes(c: ModelConfig) -> dict[str, tuple[int, ...]]:
             shapes[p + "self_attn.o_proj.bias"] = (h,)
         if c.qk_norm:
             shapes |= {p + "self_attn.q_norm.weight": (d,), p + "self_attn.k_norm.weight": (d,)}
+        if c.sandwich_norms:
+            shapes |= {p + "pre_feedforward_layernorm.weight": (h,), p + "post_feedforward_layernorm.weight": (h,)}
         if c.mlp_bias:
             shapes |= {p + f"mlp.{n}_proj.bias": (k,) for n, k in
                        (("gate", c.intermediate_size), ("up", c.intermediate_size), ("down", h))}
@@ -90,34 +92,48 @@ class _DecoderBuilder:
         k = b.rope(k, pos, inv_freq=self.inv_freq, loc=p + ".rope_k")
         cache = b.append_kv(cache, k, v, pos, layer=i, loc=p + ".append_kv")
         a = b.attention(q, cache, pos, layer=i, num_heads=c.num_heads, num_kv_heads=c.num_kv_heads,
-                        head_dim=c.head_dim, scale=c.attention_scale(), window=c.window(i), loc=p + ".attention")
+                        head_dim=c.head_dim, scale=c.attention_scale(), window=c.window(i),
+                        softcap=c.attn_softcap, loc=p + ".attention")
         a = b.reshape(a, shape=[0, 0, c.num_heads * c.head_dim])
         return self.linear(a, p + ".o_proj", c.o_bias), cache
 
     def mlp(self, x: ir.Value, i: int) -> ir.Value:
         b, p, bias = self.b, f"model.layers.{i}.mlp", self.c.mlp_bias
-        gate = b.silu(self.linear(x, p + ".gate_proj", bias))
+        gate = self.linear(x, p + ".gate_proj", bias)
+        gate = b.silu(gate) if self.c.hidden_act == "silu" else \
+            b.gelu(gate, approximate="tanh" if self.c.hidden_act == "gelu_tanh" else "none")
         return self.linear(b.mul(gate, self.linear(x, p + ".up_proj", bias)), p + ".down_proj", bias)
 
     def body(self, tokens: ir.Value, pos: ir.Value, cache: ir.Value) -> tuple[ir.Value, ir.Value]:
         """Decoder layers over tokens [B, T]; returns hidden [B, T, H] and the cache."""
         b, eps = self.b, self.c.rms_norm_eps
         x = b.embedding(tokens, self.w("model.embed_tokens.weight"))
+        if self.c.embed_scale != 1.0:
+            x = b.scale(x, factor=self.c.embed_scale, loc="model.embed_scale")
         for i in range(self.c.num_layers):
             p = f"model.layers.{i}"
-            h = b.rms_norm(x, self.w(p + ".input_layernorm.weight"), eps=eps, loc=p + ".input_layernorm")
-            a, cache = self.attn(h, pos, cache, i)
+            a, cache = self.attn(self.norm(x, p + ".input_layernorm"), pos, cache, i)
+            if self.c.sandwich_norms:  # Gemma 2: norm the attention output before the residual
+                a = self.norm(a, p + ".post_attention_layernorm")
             x = b.add(x, a, loc=p + ".attn_residual")
-            h = b.rms_norm(x, self.w(p + ".post_attention_layernorm.weight"), eps=eps,
-                           loc=p + ".post_attention_layernorm")
-            x = b.add(x, self.mlp(h, i), loc=p + ".mlp_residual")
+            mlp_norm = ".pre_feedforward_layernorm" if self.c.sandwich_norms else ".post_attention_layernorm"
+            m = self.mlp(self.norm(x, p + mlp_norm), i)
+            if self.c.sandwich_norms:
+                m = self.norm(m, p + ".post_feedforward_layernorm")
+            x = b.add(x, m, loc=p + ".mlp_residual")
         return x, cache
+
+    def norm(self, x: ir.Value, name: str) -> ir.Value:
+        return self.b.rms_norm(x, self.w(name + ".weight"), eps=self.c.rms_norm_eps, loc=name)
 
     def head(self, x: ir.Value) -> ir.Value:
         """Final norm and lm_head on [B, H] -> logits [B, V]."""
         x = self.b.rms_norm(x, self.w("model.norm.weight"), eps=self.c.rms_norm_eps, loc="model.norm")
         name = "model.embed_tokens.weight" if self.c.tie_word_embeddings else "lm_head.weight"
-        return self.b.linear(x, self.w(name), loc="lm_head")
+        logits = self.b.linear(x, self.w(name), loc="lm_head")
+        if self.c.final_softcap:
+            logits = self.b.softcap(logits, cap=self.c.final_softcap, loc="final_logit_softcap")
+        return logits
 
 
 def _entry(name: str, args: list, results: list, body) -> None:

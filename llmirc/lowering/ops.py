@@ -304,6 +304,25 @@ def gelu(e: Emitter, op: LOp) -> list[TV]:
     return [_map_like(e, x, lambda v: gelu_value(e, v, x.dtype, op.attrs["approximate"]))]
 
 
+@lowering("scale")
+def scale(e: Emitter, op: LOp) -> list[TV]:
+    (x,) = op.operands
+    factor = e.const(op.attrs["factor"], x.dtype)
+    return [_map_like(e, x, lambda v: e.v(f"arith.mulf {v}, {factor} : {x.dtype}"))]
+
+
+@lowering("softcap")
+def softcap(e: Emitter, op: LOp) -> list[TV]:
+    (x,) = op.operands
+    ft, cap = x.dtype, e.const(op.attrs["cap"], x.dtype)
+
+    def body(v: str) -> str:
+        th = e.v(f"math.tanh {e.v(f'arith.divf {v}, {cap} : {ft}')} : {ft}")
+        return e.v(f"arith.mulf {th}, {cap} : {ft}")
+
+    return [_map_like(e, x, body)]
+
+
 @lowering("softmax")
 def softmax(e: Emitter, op: LOp) -> list[TV]:
     (x,) = op.operands

@@ -156,6 +156,8 @@ def build_all_ops_module() -> ir.Module:
             b.silu(x, loc="silu")
             b.gelu(x, approximate="tanh", loc="gelu")
             b.softmax(x, loc="softmax")
+            b.scale(x, factor=8.0, loc="scale")
+            b.softcap(x, cap=30.0, loc="softcap")
             q = b.reshape(y, shape=[0, 0, 4, 4], loc="reshape_q")
             k = b.reshape(b.linear(x, w("k", 8, 8)), shape=[0, 0, 2, 4], loc="reshape_k")
             pos = b.positions(ids, lens, loc="positions")

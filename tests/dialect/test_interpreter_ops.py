@@ -219,6 +219,12 @@ def test_attention_window_and_softcap_vs_torch(rng, window, softcap):
     close(got, ref.numpy(), atol=1e-5)
 
 
+def test_scale_and_softcap(rng):
+    x = randn(rng, 3, 5) * 40
+    close(run_op("scale", x, factor=8.0), t(x) * 8.0)
+    close(run_op("softcap", x, cap=30.0), torch.tanh(t(x) / 30.0) * 30.0, atol=1e-5)
+
+
 def test_attention_ignores_keys_after_position(rng):
     pos = np.array([[2, 3]], np.int64)
     q = randn(rng, 1, 2, 4, 8)

@@ -31,6 +31,11 @@ FAMILY_CASES = {
     "mistral": dict(sliding_window=None),
     "qwen2": dict(tie_word_embeddings=True),
     "qwen3": dict(head_dim=32),  # head_dim != hidden / heads, as in real Qwen3
+    "gemma": dict(head_dim=32),
+    # window 16 on the sliding layers, so the longest prompt runs past it; soft caps small
+    # enough to bite at these logit sizes
+    "gemma2": dict(head_dim=16, query_pre_attn_scalar=24, sliding_window=16, attn_logit_softcapping=2.0,
+                   final_logit_softcapping=3.0),
 }
 
 

@@ -53,7 +53,7 @@ BREAKAGES = {
                        "partial_rotary_factor 0.5 is not supported"),
     "unknown-layer-type": (lambda d: _edit_config(d, layer_types=["full_attention", "chunked_attention"]),
                            "layer_types 'chunked_attention' is not supported"),
-    "unsupported-act": (lambda d: _edit_config(d, hidden_act="gelu"), "hidden_act 'gelu' is not supported"),
+    "unsupported-act": (lambda d: _edit_config(d, hidden_act="relu2"), "hidden_act 'relu2' is not supported"),
     "bad-gqa": (lambda d: _edit_config(d, num_key_value_heads=3),
                 "num_attention_heads 4 is not a multiple of num_key_value_heads 3"),
 }

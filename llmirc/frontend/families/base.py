@@ -38,6 +38,9 @@ class Family:
     inert: Mapping[str, str] = field(default_factory=dict)  # family keys that do not change numerics
     # the attention window of each layer (0: full causal), as transformers applies it
     layer_windows: Callable[[dict[str, Any], int], tuple[int, ...]] = no_window
+    activation_key: str = "hidden_act"                 # the key naming the MLP's gate activation
+    # name, f32 array -> the array the IR's weight holds (Gemma stores RMSNorm weights as w - 1)
+    tensor_transform: Callable[[str, Any], Any] | None = None
     features: tuple[str, ...] = ()                     # one phrase each, for `llmirc models`
     refused: tuple[str, ...] = ()                      # what this family refuses, for `llmirc models`
 
