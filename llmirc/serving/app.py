@@ -245,6 +245,7 @@ class BodyLimit:
 class _Prompt:
     ids: list[int]
     max_tokens: int
+    text: str | None = None  # as the client gave it (for echo); None for token ids
 
 
 @dataclass
@@ -273,16 +274,17 @@ class _Handlers:
 
     async def completions(self, req: P.CompletionRequest, request: Request) -> Response:
         self.check_model(req.model)
-        for name, value, default in (("echo", req.echo, False), ("suffix", req.suffix, None),
-                                     ("logit_bias", req.logit_bias, None)):
+        for name, value, default in (("suffix", req.suffix, None), ("logit_bias", req.logit_bias, None)):
             if value not in (default, {}):
                 raise APIError(400, f"{name} is not supported by this server", param=name)
         if req.best_of is not None and req.best_of != req.n:
             raise APIError(400, "best_of is not supported (only best_of == n)", param="best_of")
-        prompts = [self._fit(ids, req.max_tokens) for ids in await self._completion_prompts(req.prompt)]
+        prompts = [self._fit(ids, req.max_tokens, text) for ids, text in await self._completion_prompts(req.prompt)]
         logprobs = req.logprobs
         rid = f"cmpl-{uuid.uuid4().hex}"
-        params = [self._params(req, p.max_tokens, logprobs) for p in prompts]
+        # echo + logprobs: the prompt's tokens get logprobs too (lm-eval's loglikelihood requests)
+        params = [self._params(req, p.max_tokens, logprobs, prompt_logprobs=logprobs if req.echo else None)
+                  for p in prompts]
         if req.stream:
             streams = await self._start(rid, prompts, params)
             return _sse(self._stream_completion(rid, req, prompts, streams), streams)
@@ -290,15 +292,17 @@ class _Handlers:
         choices = []
         for i, out in enumerate(outs):
             for c in out.outputs:
+                head, lp = self._echo(req, prompts[i], out)
+                if logprobs is not None:
+                    lp = self._completion_logprobs(c.token_ids, c.logprobs, into=lp)
                 choices.append(P.CompletionChoice(
-                    index=i * req.n + c.index, text=c.text, finish_reason=c.finish_reason,
-                    stop_reason=self._stop_reason(c),
-                    logprobs=self._completion_logprobs(c.token_ids, c.logprobs) if logprobs is not None else None))
+                    index=i * req.n + c.index, text=head + c.text, finish_reason=c.finish_reason,
+                    stop_reason=self._stop_reason(c), logprobs=lp))
         choices.sort(key=lambda c: c.index)
         return JSONResponse(P.CompletionResponse(id=rid, model=self.model.names[0], choices=choices,
                                                  usage=_usage(prompts, outs)).model_dump())
 
-    async def _completion_prompts(self, prompt) -> list[list[int]]:
+    async def _completion_prompts(self, prompt) -> list[tuple[list[int], str | None]]:
         if isinstance(prompt, str):
             texts_or_ids: list = [prompt]
         elif prompt and all(isinstance(t, int) for t in prompt):
@@ -313,7 +317,26 @@ class _Handlers:
         ids = [await off_loop(self.model.encode, p, size=len(p)) if isinstance(p, str) else p for p in texts_or_ids]
         if any(not p for p in ids):
             raise APIError(400, "a prompt has no tokens; give at least one", param="prompt")
-        return ids
+        return [(p, t if isinstance(t, str) else None) for p, t in zip(ids, texts_or_ids)]
+
+    def _echo(self, req: P.CompletionRequest, prompt: _Prompt, out) -> tuple[str, P.CompletionLogprobs | None]:
+        """With echo: the prompt's text (as given, or its ids decoded) and, with logprobs, its
+        tokens' logprobs (the first token has none); else nothing."""
+        lp = P.CompletionLogprobs() if req.logprobs is not None else None
+        if not req.echo:
+            return "", lp
+        text = prompt.text if prompt.text is not None else (
+            self.model.tokenizer.decode(prompt.ids, skip_special_tokens=True) if self.model.tokenizer else "")
+        if lp is not None:
+            tops = out.prompt_logprobs or [None] * len(prompt.ids)
+            for tok, top in zip(prompt.ids, tops):
+                token = self.model.token_text(tok)
+                lp.text_offset.append(lp.text_offset[-1] + len(lp.tokens[-1]) if lp.tokens else 0)
+                lp.tokens.append(token)
+                lp.token_logprobs.append(None if top is None else _finite(top.get(tok)))
+                lp.top_logprobs.append(None if top is None else
+                                       {self.model.token_text(t): _finite(v) for t, v in _ranked(top)})
+        return text, lp
 
     async def _stream_completion(self, rid: str, req: P.CompletionRequest, prompts: list[_Prompt],
                                  streams: list[RequestStream]) -> AsyncIterator[str]:
@@ -328,20 +351,22 @@ class _Handlers:
                     idx = i * req.n + c.index
                     if idx in finished:
                         continue
+                    head, lp = ("", None)
+                    if idx not in done_tokens:  # this choice's first chunk: the echoed prompt first
+                        head, lp = self._echo(req, prompts[i], out)
                     new = c.token_ids[done_tokens.get(idx, 0):]
                     done_tokens[idx] = len(c.token_ids)
-                    if not (c.new_text or c.finish_reason or (req.logprobs is not None and new)):
+                    if not (head or c.new_text or c.finish_reason or (req.logprobs is not None and new)):
                         continue
-                    lp = None
                     if req.logprobs is not None:
                         start = len(c.token_ids) - len(new)
                         lp = self._completion_logprobs(new, (c.logprobs or [])[start:start + len(new)],
-                                                       offset=offsets.get(idx, 0))
+                                                       offset=offsets.get(idx, 0), into=lp)
                         if lp.tokens:
                             offsets[idx] = lp.text_offset[-1] + len(lp.tokens[-1])
                     if c.finish_reason is not None:
                         finished.add(idx)
-                    choices.append(P.CompletionChoice(index=idx, text=c.new_text, logprobs=lp,
+                    choices.append(P.CompletionChoice(index=idx, text=head + c.new_text, logprobs=lp,
                                                       finish_reason=c.finish_reason, stop_reason=self._stop_reason(c)))
                 if choices:
                     yield _data(P.CompletionResponse(id=rid, created=created, model=name, choices=choices))
@@ -350,10 +375,13 @@ class _Handlers:
             yield _data(P.CompletionResponse(id=rid, created=created, model=name, choices=[], usage=usage))
 
     def _completion_logprobs(self, token_ids: list[int], logprobs: list[dict[int, float]] | None,
-                             offset: int = 0) -> P.CompletionLogprobs:
-        """OpenAI's legacy layout. text_offset adds up the tokens' texts, each decoded alone, from
-        the start of the completion (a stream's chunk continues where the previous one ended)."""
-        out = P.CompletionLogprobs()
+                             offset: int = 0, into: P.CompletionLogprobs | None = None) -> P.CompletionLogprobs:
+        """OpenAI's legacy layout, appended to `into` (the echoed prompt's). text_offset adds up
+        the tokens' texts, each decoded alone, from the start of the text returned (a stream's
+        chunk continues where the previous one ended)."""
+        out = into if into is not None else P.CompletionLogprobs()
+        if out.tokens:
+            offset = out.text_offset[-1] + len(out.tokens[-1])
         for tok, top in zip(token_ids, logprobs or []):
             text = self.model.token_text(tok)
             out.tokens.append(text)
@@ -450,7 +478,7 @@ class _Handlers:
 
     # ---- shared -----------------------------------------------------------------------
 
-    def _fit(self, ids: list[int], max_tokens: int | None) -> _Prompt:
+    def _fit(self, ids: list[int], max_tokens: int | None, text: str | None = None) -> _Prompt:
         """The prompt and its max_tokens (default: the rest of the context), or a 400 when
         they do not fit the model's context, in vLLM's words."""
         limit = self.model.max_model_len
@@ -461,9 +489,10 @@ class _Handlers:
                                 "completion). Please reduce the length of the prompt or max_tokens.",
                            param="max_tokens" if max_tokens is not None else "prompt",
                            code="context_length_exceeded")
-        return _Prompt(list(ids), want)
+        return _Prompt(list(ids), want, text)
 
-    def _params(self, req: P._SamplingRequest, max_tokens: int, logprobs: int | None) -> SamplingParams:
+    def _params(self, req: P._SamplingRequest, max_tokens: int, logprobs: int | None,
+                prompt_logprobs: int | None = None) -> SamplingParams:
         stops = req.stop_strings()
         if len(stops) > P.MAX_STOP_STRINGS or any(len(s) > P.MAX_STOP_STRING_CHARS for s in stops):
             raise APIError(400, f"at most {P.MAX_STOP_STRINGS} stop strings of at most {P.MAX_STOP_STRING_CHARS} "
@@ -476,7 +505,8 @@ class _Handlers:
                       max_tokens=max_tokens, stop=stops, repetition_penalty=req.repetition_penalty,
                       stop_token_ids=self._stop_token_ids(req),
                       n=req.n, min_p=req.min_p, presence_penalty=req.presence_penalty,
-                      frequency_penalty=req.frequency_penalty, logprobs=logprobs, ignore_eos=req.ignore_eos)
+                      frequency_penalty=req.frequency_penalty, logprobs=logprobs, ignore_eos=req.ignore_eos,
+                      prompt_logprobs=prompt_logprobs)
         return make_sampling_params(wanted)
 
     def _stop_token_ids(self, req: P._SamplingRequest) -> tuple[int, ...] | None:

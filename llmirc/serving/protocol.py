@@ -2,7 +2,7 @@
 
 Requests ignore fields they do not know (clients send `user`, `metadata`, ...), but a known
 field out of range is a 400, and so is a field we know and do not implement set to
-something other than its default (echo, suffix, logit_bias, tools): silently ignoring it
+something other than its default (suffix, logit_bias, tools): silently ignoring it
 would return an answer the client did not ask for. vLLM's extra sampling fields (top_k,
 min_p, repetition_penalty, stop_token_ids, ignore_eos) are accepted in the body, as vLLM does.
 """

@@ -227,4 +227,6 @@ class FakeEngine:
             outs.append(CompletionOutput(c.index, list(c.tokens), c.text, new_ids, new_text,
                                          list(c.logprobs) if getattr(r.params, "logprobs", None) is not None
                                          else None, c.finish_reason, c.stop_reason))
-        return RequestOutput(r.rid, r.prompt, None, outs, all(c.finish_reason is not None for c in r.choices))
+        k = getattr(r.params, "prompt_logprobs", None)
+        prompt_lps = None if k is None else [None] + [{t: -0.5, 3: -2.0} for t in r.prompt[1:]]
+        return RequestOutput(r.rid, r.prompt, prompt_lps, outs, all(c.finish_reason is not None for c in r.choices))

@@ -114,7 +114,7 @@ def test_completion_logprobs(serve_fake):
     ({"prompt": "x", "logprobs": 99}, "logprobs"),
     ({"temperature": 0}, "prompt"),
     ({"prompt": {"not": "a prompt"}}, None),
-    ({"prompt": "x", "echo": True}, "echo"),
+    ({"prompt": "x", "suffix": "y"}, "suffix"),
     ({"prompt": "x", "stop": [""]}, "stop"),
     ({"prompt": [5, 99999]}, None),  # the engine refuses an id outside the vocabulary
     ({"prompt": []}, "prompt"),
@@ -274,8 +274,8 @@ def test_client_disconnect_aborts_stream(serve_fake):
     with s.client() as c:
         with c.stream("POST", "/v1/completions", json={"prompt": "long", "max_tokens": 100, "temperature": 0,
                                                        "ignore_eos": True, "stream": True}) as r:
-            next(r.iter_lines())  # the first chunk arrived: the request is running
-            assert s.engine.stats.num_pages_used > 0
+            first = next(r.iter_lines())  # the first chunk arrived: the request is running
+            assert s.engine.stats.num_pages_used > 0, (first, s.engine.stats, s.engine.aborted)
     wait_until(lambda: s.engine.aborted and not s.engine.has_unfinished_requests(), what="abort")
     assert s.engine.stats.num_pages_used == 0
 
@@ -384,3 +384,25 @@ def test_stop_token_ids_add_to_eos_as_in_vllm(serve_fake):
     assert (plain["finish_reason"], plain["stop_reason"]) == ("stop", None)
     assert extra == plain
     assert past["finish_reason"] == "length"
+
+
+def test_echo_with_prompt_logprobs(serve_fake, tokenizer):
+    s = serve_fake()
+    body = {"prompt": "In the", "max_tokens": 3, "ignore_eos": True, "echo": True, "logprobs": 1}
+    with s.client() as c:
+        plain = complete(c, prompt="In the", max_tokens=3, ignore_eos=True, logprobs=1).json()["choices"][0]
+        echoed = complete(c, **body).json()["choices"][0]
+        with c.stream("POST", "/v1/completions", json={**body, "temperature": 0, "stream": True}) as r:
+            chunks = [e["choices"][0] for e in sse_events(r.iter_lines())[:-1]]
+        ids_echo = complete(c, prompt=[5, 6, 7], max_tokens=2, echo=True).json()["choices"][0]
+    prompt_ids = [1] + tokenizer.encode("In the").ids
+    assert echoed["text"] == "In the" + plain["text"]
+    lp = echoed["logprobs"]
+    assert len(lp["tokens"]) == len(prompt_ids) + 3
+    assert lp["token_logprobs"][0] is None and lp["token_logprobs"][1] == -0.5  # the prompt's, from the engine
+    assert lp["tokens"][len(prompt_ids):] == plain["logprobs"]["tokens"]
+    assert lp["text_offset"] == [sum(len(t) for t in lp["tokens"][:i]) for i in range(len(lp["tokens"]))]
+    assert "".join(ch["text"] for ch in chunks) == echoed["text"]
+    assert [t for ch in chunks for t in ch["logprobs"]["tokens"]] == lp["tokens"]
+    assert [o for ch in chunks for o in ch["logprobs"]["text_offset"]] == lp["text_offset"]
+    assert ids_echo["text"].startswith(tokenizer.decode([5, 6, 7]))

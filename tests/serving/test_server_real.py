@@ -138,6 +138,10 @@ def test_engine_checks_are_400s_and_any_int64_seed_works(serve_artifact):
         assert post(prompt=[300]).status_code == 400  # the vocabulary is 0..299
         r = post(prompt="x", n=16, logprobs=20)
         assert r.status_code == 200 and len(r.json()["choices"]) == 16
+        # lm-eval's loglikelihood request: echo + logprobs gives the prompt's token logprobs
+        lp = post(prompt=[5, 6, 7, 8], max_tokens=1, echo=True, logprobs=1).json()["choices"][0]["logprobs"]
+        assert len(lp["tokens"]) == 5 and lp["token_logprobs"][0] is None
+        assert all(v <= 0 for v in lp["token_logprobs"][1:]) and all(len(t) >= 1 for t in lp["top_logprobs"][1:])
     assert engine.stats.num_pages_used == 0
 
 
