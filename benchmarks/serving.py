@@ -90,7 +90,7 @@ class Server:
 
     def __init__(self, artifact: Path, *flags: str, start_timeout_s: float = 600.0) -> None:
         self.cmd = [sys.executable, "-m", "llmirc.cli", "serve", str(artifact), "--host", "127.0.0.1", "--port", "0",
-                    "--served-model-name", "bench", "--log-level", "warning", *flags]
+                    "--served-model-name", "bench", "--uvicorn-log-level", "warning", *flags]
         self.start_timeout_s = start_timeout_s
         self.proc: subprocess.Popen | None = None
         self.url = ""

@@ -356,7 +356,8 @@ def inspect(artifact: Path, as_json: bool) -> None:
               "full-length sequences, at most 1 GiB).")
 @click.option("--device", help="Runtime driver or device URI (default: the manifest's driver), e.g. cuda://1.")
 @click.option("--max-request-bytes", type=click.IntRange(1), help="Largest request body accepted (default 4 MiB).")
-@click.option("--log-level", type=click.Choice(["critical", "error", "warning", "info", "debug"]), default="info",
+@click.option("--uvicorn-log-level", "log_level", type=click.Choice(["critical", "error", "warning", "info", "debug",
+              "trace"]), default="info",
               show_default=True)
 def serve(artifact: Path, host: str, port: int, api_key: str | None, served_model_name: tuple[str, ...],
           chat_template: Path | None, max_model_len: int | None, max_num_seqs: int | None,

@@ -32,7 +32,7 @@ def invoke(*args, input: str | None = None):
 def test_serve_subprocess_answers_and_stops_on_ctrl_c(serve_artifact, template_file):
     proc = subprocess.Popen([sys.executable, "-m", "llmirc.cli", "serve", str(serve_artifact), "--port", "0",
                              "--served-model-name", "tiny", "--chat-template", str(template_file),
-                             "--api-key", "k", "--log-level", "warning"],
+                             "--api-key", "k", "--uvicorn-log-level", "warning"],
                             stderr=subprocess.PIPE, stdout=subprocess.DEVNULL, text=True,
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
     lines: queue.Queue = queue.Queue()
