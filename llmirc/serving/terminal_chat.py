@@ -44,8 +44,14 @@ class ChatSession:
     def reply(self, user_text: str, write: Callable[[str], None]) -> str:
         """Send one user message; `write` gets the reply's pieces as they come. Returns the
         reply text (what was generated before an interrupt, if any)."""
-        self.messages.append({"role": "user", "content": user_text})
-        ids, budget = self._fit()
+        message = {"role": "user", "content": user_text}
+        self.messages.append(message)
+        try:
+            ids, budget = self._fit()
+        except LlmircError:  # too long, or the template failed on it: forget this message
+            if self.messages and self.messages[-1] is message:
+                self.messages.pop()
+            raise
         rid = f"chat-{next(self._ids)}"
         self.engine.add_request(rid, ids, self.make_params(budget))
         pieces = []
@@ -81,7 +87,6 @@ class ChatSession:
         if dropped:
             self.notice(f"notice: dropped the {dropped} oldest turn(s) to fit the model's context ({limit} tokens)")
         if room < 1:
-            self.messages.pop()
             raise LlmircError(f"this message is {len(ids)} tokens with the template; the model's context is "
                               f"{limit}: send a shorter one")
         return ids, min(self.max_tokens, room)
