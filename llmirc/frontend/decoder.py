@@ -106,7 +106,7 @@ class _DecoderBuilder:
 
     def body(self, tokens: ir.Value, pos: ir.Value, cache: ir.Value) -> tuple[ir.Value, ir.Value]:
         """Decoder layers over tokens [B, T]; returns hidden [B, T, H] and the cache."""
-        b, eps = self.b, self.c.rms_norm_eps
+        b = self.b
         x = b.embedding(tokens, self.w("model.embed_tokens.weight"))
         if self.c.embed_scale != 1.0:
             x = b.scale(x, factor=self.c.embed_scale, loc="model.embed_scale")

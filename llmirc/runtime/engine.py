@@ -200,36 +200,31 @@ class Engine:
         Padding rows have seq_len 0 and a block table of scratch page 0: every position is
         padding (-1), so they write nothing but the scratch page and their logits are dropped.
         """
-        bk = self.buckets
-        t = bk.fit_len(int(seq_lens.max()))
-        tokens = tokens[:, :t] if tokens.shape[1] > t else tokens  # columns past every seq_len are padding
-        outs = []
-        for lo in range(0, tokens.shape[0], bk.batch[-1]):
-            n = min(bk.batch[-1], tokens.shape[0] - lo)
-            b = bk.fit_batch(n)
-            tok = np.zeros((b, t), np.int64)
-            tok[:n, :tokens.shape[1]] = tokens[lo:lo + n]
-            lens = np.zeros(b, np.int64)
-            lens[:n] = seq_lens[lo:lo + n]
-            logits = self._call(self._prefill_fns[(b, t)], tok, lens, bk.pad_tables(block_tables[lo:lo + n], b))
-            outs.append(logits[:n])
-        return np.concatenate(outs)
+        t = self.buckets.fit_len(int(seq_lens.max()))
+        return self._bucketed(self._prefill_fns, tokens, [seq_lens], block_tables, t)
 
     def _extend_static(self, tokens: np.ndarray, start_pos: np.ndarray, new_lens: np.ndarray,
                        block_tables: np.ndarray) -> np.ndarray:
         """As _prefill_static, through the extend buckets; padding rows have new_lens 0."""
+        t = self.buckets.fit_len(max(1, int(new_lens.max())))
+        return self._bucketed(self._extend_fns, tokens, [start_pos, new_lens], block_tables, t)
+
+    def _bucketed(self, fns: dict, tokens: np.ndarray, rows: list[np.ndarray], block_tables: np.ndarray,
+                  t: int) -> np.ndarray:
+        """fns[(B, t)](tokens, *rows, tables) over chunks of the batch, each padded to a batch
+        bucket B; padding rows are zeros (length 0) with scratch-page tables."""
         bk = self.buckets
-        t = bk.fit_len(max(1, int(new_lens.max())))
-        tokens = tokens[:, :t] if tokens.shape[1] > t else tokens  # columns past every new_len are padding
+        tokens = tokens[:, :t] if tokens.shape[1] > t else tokens  # columns past every length are padding
         outs = []
         for lo in range(0, tokens.shape[0], bk.batch[-1]):
             n = min(bk.batch[-1], tokens.shape[0] - lo)
             b = bk.fit_batch(n)
             tok = np.zeros((b, t), np.int64)
             tok[:n, :tokens.shape[1]] = tokens[lo:lo + n]
-            start, lens = np.zeros(b, np.int64), np.zeros(b, np.int64)
-            start[:n], lens[:n] = start_pos[lo:lo + n], new_lens[lo:lo + n]
-            logits = self._call(self._extend_fns[(b, t)], tok, start, lens, bk.pad_tables(block_tables[lo:lo + n], b))
+            padded = [np.zeros(b, np.int64) for _ in rows]
+            for out, row in zip(padded, rows):
+                out[:n] = row[lo:lo + n]
+            logits = self._call(fns[(b, t)], tok, *padded, bk.pad_tables(block_tables[lo:lo + n], b))
             outs.append(logits[:n])
         return np.concatenate(outs)
 

@@ -34,6 +34,7 @@ from .page_pool import PagePool
 from .sampling import SamplingError, SamplingParams, sample, top_logprobs
 from .scheduler import ScheduledSeq, Scheduler, SchedulerConfig, Sequence, block_tables
 from .stop import StopStringMatcher
+from .structured import GrammarCompiler, SequenceGrammar
 
 TOKENIZER_FILE = "tokenizer.json"
 
@@ -96,6 +97,7 @@ class _Completion:
     stop_reason: int | str | None = None
     sent_tokens: int = 0
     sent_text: int = 0
+    grammar: SequenceGrammar | None = None  # structured output: masks each step, ends at the grammar's end
 
 
 @dataclass
@@ -145,6 +147,7 @@ class LLMEngine:
         self._has_extend: bool = bool(getattr(executor, "supports_extend", has_extend))
         self._has_all_logits: bool = self._has_extend and bool(getattr(executor, "supports_all_logits", True))
         self._requests: dict[str, _Request] = {}
+        self._grammars: GrammarCompiler | None = None  # built at the first structured request
         self._prompt_tokens = 0
         self._generation_tokens = 0
 
@@ -171,6 +174,7 @@ class LLMEngine:
             raise RequestError(f"request {request_id!r}: the prompt must be a list of token ids (integers)") from None
         self.check_request(request_id, prompt, params)
         stop_ids = self._stop_ids(params)
+        grammar = self._grammar(params)
         leader = None
         completions = []
         for i in range(params.n):
@@ -178,7 +182,8 @@ class LLMEngine:
             leader = leader or seq
             completions.append(_Completion(seq, params.rng(i), stop_ids, self._decode_stream(prompt),
                                            StopStringMatcher(params.stop),
-                                           logprobs=[] if params.logprobs is not None else None))
+                                           logprobs=[] if params.logprobs is not None else None,
+                                           grammar=grammar.copy() if grammar is not None else None))
         req = _Request(request_id, prompt, params, completions,
                        prompt_logprobs=[None] * len(prompt) if params.prompt_logprobs is not None else None)
         self._requests[request_id] = req
@@ -205,6 +210,10 @@ class LLMEngine:
         if params.stop and self.tokenizer is None:
             raise SamplingError(f"request {request_id!r}: stop strings need a tokenizer and this engine has none; "
                                 "use stop_token_ids")
+        if params.structured is not None and self.tokenizer is None:
+            raise SamplingError(f"request {request_id!r}: structured output needs the model's tokenizer.json and "
+                                "this engine has none")
+        self._grammar(params)  # an invalid schema / regex / grammar fails here, before queueing
         worst = self.worst_case_pages(n, params.max_tokens)
         if worst > self.pool.capacity:
             raise PoolExhaustedError(
@@ -301,12 +310,27 @@ class LLMEngine:
 
     # ---- sampling and stop conditions ----------------------------------------------------
 
+    def _grammar(self, params: SamplingParams) -> SequenceGrammar | None:
+        """A fresh matcher for `params.structured` (SamplingError when it is invalid)."""
+        if params.structured is None:
+            return None
+        if self._grammars is None:
+            self._grammars = GrammarCompiler(self.tokenizer, self.vocab_size, self.eos_token_ids)
+        return self._grammars.compile(params.structured)
+
     def _sample(self, req: _Request, c: _Completion, logits: np.ndarray) -> None:
         seq, params = c.seq, req.params
         needs_seen = params.repetition_penalty != 1.0
         needs_out = params.presence_penalty != 0.0 or params.frequency_penalty != 0.0
+        raw = logits
+        if c.grammar is not None:
+            logits = c.grammar.mask(logits)
+            if not np.isfinite(logits).any():  # the grammar allows nothing (it is complete)
+                self._finish(req, c, "stop", None)
+                return
         token = int(sample(logits[None], params, c.rng, seen=[seq.all_token_ids] if needs_seen else None,
                            outputs=[seq.output_token_ids] if needs_out else None)[0])
+        logits = raw  # logprobs are the model's, before the mask (as vLLM reports them)
         seq.output_token_ids.append(token)
         self._generation_tokens += 1
         req.dirty = True
@@ -314,8 +338,11 @@ class LLMEngine:
             c.logprobs.append(top_logprobs(logits, params.logprobs, token))
         piece = self._detok_step(c, token)
         c.text += c.matcher.feed(piece) if params.stop else piece
+        refused = c.grammar is not None and not c.grammar.consume(token)
         if token in c.stop_ids:
             self._finish(req, c, "stop", token)
+        elif c.grammar is not None and (refused or c.grammar.done):
+            self._finish(req, c, "stop", None)
         elif c.matcher.stopped:
             self._finish(req, c, "stop", c.matcher.stop_string)
         elif len(seq.output_token_ids) >= params.max_tokens or seq.num_tokens >= self.max_model_len:

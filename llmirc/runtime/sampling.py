@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence as Seq
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -48,7 +49,8 @@ class SamplingParams:
     batched with it; completion i > 0 of an n > 1 request draws from seed (seed, i).
     logprobs = k returns, per generated token, the k most likely tokens' logprobs plus the
     sampled one's (0: the sampled one only; None: off); prompt_logprobs the same per prompt
-    token.
+    token. `structured` (runtime/structured.py) masks every step to what a JSON schema, regex,
+    choice or grammar allows; the request ends with "stop" when the grammar is complete.
     """
 
     temperature: float = 0.0
@@ -66,6 +68,7 @@ class SamplingParams:
     logprobs: int | None = None
     prompt_logprobs: int | None = None
     ignore_eos: bool = False
+    structured: Any = None  # a structured.Constraint: the output must match it (None: free text)
 
     def __post_init__(self) -> None:
         if self.top_k < 0:
@@ -93,6 +96,11 @@ class SamplingParams:
                 raise SamplingError(f"{name} must be None (off) or an integer in 0..{MAX_LOGPROBS}, got {value!r}")
         if self.seed is not None and not isinstance(self.seed, int):
             raise SamplingError(f"seed must be an integer or None, got {self.seed!r}")
+        if self.structured is not None:
+            from .structured import Constraint
+
+            if not isinstance(self.structured, Constraint):
+                raise SamplingError(f"structured must be a Constraint or None, got {type(self.structured).__name__}")
         if self.stop_token_ids is not None and any(not isinstance(t, int) or t < 0 for t in self.stop_token_ids):
             raise SamplingError(f"stop_token_ids must be non-negative integers, got {list(self.stop_token_ids)!r}")
 

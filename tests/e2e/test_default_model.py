@@ -2,16 +2,9 @@
 
 from __future__ import annotations
 
-import pytest
 
 import llmirc
 from llmirc.cli import DEFAULT_MODEL
-from tests.e2e.conftest import compile_artifact
-
-
-@pytest.fixture(scope="module")
-def default_artifact(tmp_path_factory):
-    return compile_artifact(DEFAULT_MODEL, tmp_path_factory.mktemp("default") / "art")
 
 
 def test_default_model_generates_what_transformers_generates(default_artifact):
