@@ -30,3 +30,15 @@ def checkpoint_copy(tiny_checkpoint, tmp_path) -> Path:
     import shutil
 
     return Path(shutil.copytree(tiny_checkpoint, tmp_path / "ckpt"))
+
+
+@pytest.fixture(scope="session")
+def default_artifact(tmp_path_factory) -> Path:
+    """The embedded default model (README command 1), compiled once per session at -O3; here so
+    that tests/e2e and tests/serving share one compile."""
+    from llmirc.cli import DEFAULT_MODEL
+    from llmirc.compiler import CompileOptions, compile_checkpoint
+
+    out = tmp_path_factory.mktemp("default") / "art"
+    compile_checkpoint(CompileOptions(DEFAULT_MODEL, out), progress=None)
+    return out

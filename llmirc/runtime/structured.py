@@ -50,7 +50,8 @@ class Constraint:
 
     def grammar(self) -> str:
         """The llguidance grammar text (not yet checked against a tokenizer)."""
-        from llguidance import LLMatcher, gbnf_to_lark
+        from llguidance import LLMatcher
+        from llguidance.gbnf_to_lark import gbnf_to_lark  # the function (llguidance.gbnf_to_lark is its module)
 
         if self.kind == "json":
             schema = self.value

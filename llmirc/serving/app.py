@@ -25,12 +25,14 @@ from fastapi.responses import JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from llmirc.errors import LlmircError
-from llmirc.runtime.sampling import SamplingParams
+from llmirc.runtime.sampling import SamplingError, SamplingParams
+from llmirc.runtime.structured import Constraint
 
 from . import protocol as P
 from .async_engine import AsyncEngine, EngineDeadError, RequestStream, merge
 from .chat_template import ChatTemplate, ChatTemplateError
 from .metrics import ServerMetrics
+from .structured_fields import ConstraintFieldError, constraint_from_fields
 
 DEFAULT_MAX_BODY_BYTES = 4 << 20
 
@@ -286,9 +288,10 @@ class _Handlers:
         params = [self._params(req, p.max_tokens, logprobs, prompt_logprobs=logprobs if req.echo else None)
                   for p in prompts]
         if req.stream:
-            streams = await self._start(rid, prompts, params)
+            streams = await self._start(rid, prompts, params, constraint_param(req.constraint_fields()))
             return _sse(self._stream_completion(rid, req, prompts, streams), streams)
-        outs = await _unless_disconnected(request, self._collect(rid, prompts, params))
+        outs = await _unless_disconnected(request, self._collect(rid, prompts, params,
+                                                                 constraint_param(req.constraint_fields())))
         choices = []
         for i, out in enumerate(outs):
             for c in out.outputs:
@@ -397,8 +400,6 @@ class _Handlers:
         self.check_model(req.model)
         if req.tools:
             raise APIError(400, "tools are not supported by this server", param="tools")
-        if req.response_format and req.response_format.get("type", "text") != "text":
-            raise APIError(400, "response_format other than text is not supported", param="response_format")
         if req.logit_bias:
             raise APIError(400, "logit_bias is not supported by this server", param="logit_bias")
         if req.top_logprobs and not req.logprobs:
@@ -410,9 +411,10 @@ class _Handlers:
         params = [self._params(req, prompt.max_tokens, k)]
         rid = f"chatcmpl-{uuid.uuid4().hex}"
         if req.stream:
-            streams = await self._start(rid, [prompt], params)
+            streams = await self._start(rid, [prompt], params, constraint_param(req.constraint_fields()))
             return _sse(self._stream_chat(rid, req, prompt, streams, k), streams)
-        (out,) = await _unless_disconnected(request, self._collect(rid, [prompt], params))
+        (out,) = await _unless_disconnected(request, self._collect(rid, [prompt], params,
+                                                                   constraint_param(req.constraint_fields())))
         choices = [P.ChatChoice(index=c.index, message=P.AssistantMessage(content=c.text),
                                 finish_reason=c.finish_reason, stop_reason=self._stop_reason(c),
                                 logprobs=self._chat_logprobs(c.token_ids, c.logprobs, k) if k is not None else None)
@@ -506,7 +508,7 @@ class _Handlers:
                       stop_token_ids=self._stop_token_ids(req),
                       n=req.n, min_p=req.min_p, presence_penalty=req.presence_penalty,
                       frequency_penalty=req.frequency_penalty, logprobs=logprobs, ignore_eos=req.ignore_eos,
-                      prompt_logprobs=prompt_logprobs)
+                      prompt_logprobs=prompt_logprobs, structured=request_constraint(req.constraint_fields()))
         return make_sampling_params(wanted)
 
     def _stop_token_ids(self, req: P._SamplingRequest) -> tuple[int, ...] | None:
@@ -523,7 +525,8 @@ class _Handlers:
             return None
         return c.stop_reason
 
-    async def _start(self, rid: str, prompts: list[_Prompt], params: list[SamplingParams]) -> list[RequestStream]:
+    async def _start(self, rid: str, prompts: list[_Prompt], params: list[SamplingParams],
+                     param: str | None = None) -> list[RequestStream]:
         """Hand every prompt to the engine; all are taken or none (bad input: 400 here, before a
         stream's 200 and headers go out)."""
         arrival, streams = time.monotonic(), []
@@ -533,14 +536,18 @@ class _Handlers:
         except BaseException as e:
             for s in streams:
                 await s.aclose()
+            if isinstance(e, SamplingError) and params[len(streams)].structured is not None:
+                # llguidance refused the schema / regex / grammar: say so, naming the constraint
+                raise APIError(400, f"{param}: {e}" if param else str(e), param=param) from None
             if isinstance(e, ValueError) and not isinstance(e, LlmircError):  # the engine's input checks
                 raise APIError(400, f"the engine refused the request: {e}") from None
             raise
         return streams
 
-    async def _collect(self, rid: str, prompts: list[_Prompt], params: list[SamplingParams]) -> list[Any]:
+    async def _collect(self, rid: str, prompts: list[_Prompt], params: list[SamplingParams],
+                       param: str | None = None) -> list[Any]:
         finals: list[Any] = [None] * len(prompts)
-        async with aclosing(merge(await self._start(rid, prompts, params))) as events:
+        async with aclosing(merge(await self._start(rid, prompts, params, param))) as events:
             async for i, out in events:
                 finals[i] = out
         return finals
@@ -561,6 +568,25 @@ async def off_loop(fn, *args, size: int):
 def _chars(messages: list[P.ChatMessage]) -> int:
     return sum(len(m.content) if isinstance(m.content, str) else sum(len(t.text or "") for t in m.content or [])
                for m in messages)
+
+
+def request_constraint(fields: dict[str, Any]) -> Constraint | None:
+    """The structured-output constraint the request's fields ask for (None: free text); a
+    malformed field, or two constraints in one request, is a 400 naming the field."""
+    try:
+        found = constraint_from_fields(fields)
+    except ConstraintFieldError as e:
+        raise APIError(400, str(e), param=e.param) from None
+    return found[0] if found is not None else None
+
+
+def constraint_param(fields: dict[str, Any]) -> str | None:
+    """The field that gave the request's constraint (an engine-side refusal names it)."""
+    try:
+        found = constraint_from_fields(fields)
+    except ConstraintFieldError:
+        return None
+    return found[1] if found is not None else None
 
 
 def make_sampling_params(kwargs: dict[str, Any]) -> SamplingParams:

@@ -52,6 +52,18 @@ class _SamplingRequest(BaseModel):
     stop_token_ids: list[int] | None = Field(None, max_length=MAX_STOP_STRINGS)
     ignore_eos: bool = False
     logit_bias: dict[str, float] | None = None
+    # structured output (structured_fields.py): OpenAI's, vLLM's, vLLM's older spelling
+    response_format: dict[str, Any] | None = None
+    structured_outputs: dict[str, Any] | None = None
+    guided_json: Any = None
+    guided_regex: Any = None
+    guided_choice: Any = None
+    guided_grammar: Any = None
+
+    def constraint_fields(self) -> dict[str, Any]:
+        """The fields that may ask for structured output, by name."""
+        return {name: getattr(self, name) for name in ("response_format", "structured_outputs", "guided_json",
+                                                       "guided_regex", "guided_choice", "guided_grammar")}
 
     def stop_strings(self) -> tuple[str, ...]:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -93,7 +105,6 @@ class ChatCompletionRequest(_SamplingRequest):
     top_logprobs: int | None = Field(None, ge=0, le=MAX_LOGPROBS)
     add_generation_prompt: bool = True  # vLLM's extra
     tools: list[Any] | None = None
-    response_format: dict[str, Any] | None = None
 
 
 class TokenizeRequest(BaseModel):

@@ -1,4 +1,5 @@
-"""A compiled CPU artifact of the tiny checkpoint, built once per session (-O2, the default)."""
+"""A compiled CPU artifact of the tiny checkpoint, built once per session (-O2, the default).
+`default_artifact` (the embedded default model) is in tests/conftest.py: tests/serving uses it too."""
 
 from __future__ import annotations
 
@@ -19,10 +20,3 @@ def cpu_artifact(tiny_checkpoint, tmp_path_factory) -> Path:
     return compile_artifact(tiny_checkpoint, tmp_path_factory.mktemp("art") / "tiny-cpu", opt_level=2,
                             page_size=8)
 
-
-@pytest.fixture(scope="session")
-def default_artifact(tmp_path_factory) -> Path:
-    """The embedded default model (README command 1), compiled once per session at -O3."""
-    from llmirc.cli import DEFAULT_MODEL
-
-    return compile_artifact(DEFAULT_MODEL, tmp_path_factory.mktemp("default") / "art")
