@@ -108,6 +108,9 @@ def build_app(engine: AsyncEngine, model: ServingModel, config: ServerConfig | N
     app.add_middleware(BodyLimit, max_bytes=config.max_body_bytes)
     _install_error_handlers(app)
     handlers = _Handlers(engine, model, config)
+    from .sglang import install_sglang_routes  # SGLang's native protocol (its module imports this one)
+
+    install_sglang_routes(app, handlers)
 
     @app.get("/health")
     async def health() -> Response:

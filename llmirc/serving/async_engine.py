@@ -53,6 +53,15 @@ class _Abort:
     request_id: str
 
 
+@dataclass
+class _Call:
+    """Run `fn(engine)` in the engine thread between steps (the engine is not thread-safe)."""
+
+    fn: Any
+    loop: asyncio.AbstractEventLoop
+    done: asyncio.Future
+
+
 _STOP = object()
 
 
@@ -135,6 +144,15 @@ class AsyncEngine:
             raise
         return RequestStream(self, request_id, stream)
 
+    async def call(self, fn) -> Any:
+        """`fn(engine)` run by the engine thread between two steps (e.g. reset_prefix_cache):
+        its result, or its exception raised here."""
+        self._check_alive()
+        loop = asyncio.get_running_loop()
+        done = loop.create_future()
+        self._commands.put(_Call(fn, loop, done))
+        return await done
+
     def abort(self, request_id: str) -> None:
         """Thread-safe; the engine thread aborts before its next step. Unknown ids: no-op."""
         self._commands.put(_Abort(request_id))
@@ -191,6 +209,14 @@ class AsyncEngine:
             self._streams[cmd.request_id] = cmd.stream
             _resolve(cmd.stream.loop, cmd.accepted, None)
             self._update_metrics()
+        elif isinstance(cmd, _Call):
+            try:
+                result = cmd.fn(self.engine)
+            except Exception as e:  # handed to the caller, the engine goes on
+                _resolve(cmd.loop, cmd.done, error=e)
+                return
+            _resolve(cmd.loop, cmd.done, result)
+            self._update_metrics()
         elif isinstance(cmd, _Abort):
             self.engine.abort(cmd.request_id)
             if self._streams.pop(cmd.request_id, None) is not None and self.metrics is not None:
@@ -242,6 +268,8 @@ class AsyncEngine:
                 return
             if isinstance(cmd, _Add):
                 _resolve(cmd.stream.loop, cmd.accepted, error=EngineDeadError(str(error)))
+            elif isinstance(cmd, _Call):
+                _resolve(cmd.loop, cmd.done, error=EngineDeadError(str(error)))
 
 
 def _deliver(items: list) -> None:
