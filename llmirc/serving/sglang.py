@@ -18,6 +18,7 @@ server (python/sglang/srt/entrypoints/http_server.py and managers/tokenizer_mana
 - `input_token_logprobs` covers prompt positions `logprob_start_len`..end (default: the last
   prompt token only) and its first entry's logprob is always null, as SGLang pads it;
 - `max_new_tokens: 0` computes the prompt only (the request runs one token, which is dropped);
+  a larger one is cut to the context left, as SGLang does;
 - `stream: true`: SSE chunks whose `text` is the whole text so far (SGLang's frontend slices
   it), `output_ids` the ids new in the chunk, `index` in batches, then `data: [DONE]`.
 """
@@ -241,7 +242,7 @@ def _item(handlers: _Handlers, req: GenerateRequest, i: int, ids: list[int], tex
                            param=f"sampling_params.{name}")
     max_new = SGLANG_DEFAULT_MAX_NEW_TOKENS if sp.max_new_tokens is None else sp.max_new_tokens
     prefill_only = max_new == 0
-    prompt = handlers._fit(ids, max(max_new, 1), text)
+    prompt = _fit(handlers, ids, max_new, text)
     return_logprob = bool(_pick(req.return_logprob, i, False))
     top_k = int(_pick(req.top_logprobs_num, i, 0))
     if not 0 <= top_k <= P.MAX_LOGPROBS:
@@ -266,7 +267,7 @@ def _item(handlers: _Handlers, req: GenerateRequest, i: int, ids: list[int], tex
         presence_penalty=sp.presence_penalty or 0.0,
         repetition_penalty=1.0 if sp.repetition_penalty is None else sp.repetition_penalty,
         stop=tuple(stops), stop_token_ids=stop_ids, ignore_eos=ignore_eos, n=sp.n or 1,
-        seed=None if seed is None else seed % 2**64, max_tokens=max(max_new, 1),
+        seed=None if seed is None else seed % 2**64, max_tokens=prompt.max_tokens,
         logprobs=top_k if return_logprob and not prefill_only else None,
         # the engine reports every prompt position; only needed when more than the last is asked
         prompt_logprobs=top_k if return_logprob and start < len(ids) - 1 else None,
@@ -274,6 +275,19 @@ def _item(handlers: _Handlers, req: GenerateRequest, i: int, ids: list[int], tex
     rid = _pick(req.rid, i, None) or uuid.uuid4().hex
     return _Item(prompt, make_sampling_params(wanted), sp, prefill_only, return_logprob, start, top_k,
                  req.return_text_in_logprobs, rid)
+
+
+def _fit(handlers: _Handlers, ids: list[int], max_new: int, text: str | None) -> _Prompt:
+    """SGLang's rule, not vLLM's: max_new_tokens is cut to the context left (its default of
+    128 would otherwise refuse every prompt in the last 128 tokens of a small context); only
+    a prompt that leaves no room is refused. Prefill only (0) runs one token, then drops it."""
+    limit = handlers.model.max_model_len
+    room = limit - len(ids) if max_new > 0 else limit - len(ids) + 1
+    if room < 1:
+        raise APIError(400, f"the input ({len(ids)} tokens) is longer than the model's context length ({limit} "
+                            "tokens)" + ("" if max_new == 0 else ", with room for at least one new token"),
+                       param="text", code="context_length_exceeded")
+    return _Prompt(list(ids), min(max(max_new, 1), room), text)
 
 
 def _constraint(sp: SGLangSamplingParams) -> Constraint | None:

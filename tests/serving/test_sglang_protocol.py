@@ -74,6 +74,14 @@ def test_lists_input_ids_n_and_finish_reasons(server):
                                                               "stop_token_ids": [batch[0]["output_ids"][1]]})
     assert stop["meta_info"]["finish_reason"] == {"type": "stop", "matched": batch[0]["output_ids"][1]}
     assert stop["meta_info"]["completion_tokens"] == 2
+    # SGLang cuts max_new_tokens to the context left (256 here) instead of refusing
+    long = _gen(client, input_ids=[5] * 250, sampling_params={"max_new_tokens": 128, "ignore_eos": True,
+                                                              "temperature": 0})
+    assert long["meta_info"]["completion_tokens"] == 6
+    assert long["meta_info"]["finish_reason"]["type"] == "length"
+    full = _gen(client, input_ids=[5] * 256, sampling_params={"max_new_tokens": 0}, return_logprob=True,
+                logprob_start_len=0)
+    assert len(full["meta_info"]["input_token_logprobs"]) == 256 and full["output_ids"] == []
 
 
 def test_prefill_only_logprobs_agree_with_the_engine(server):
@@ -156,7 +164,8 @@ def test_bad_requests_are_400s(server):
         ({"text": "a", "sampling_params": {"json_schema": "{nope"}}, "not valid JSON"),
         ({"text": "a", "sampling_params": {"temperature": -1}}, "sampling_params.temperature"),
         ({"text": "a", "sampling_params": {"min_new_tokens": 3}}, "min_new_tokens is not supported"),
-        ({"text": "a", "sampling_params": {"max_new_tokens": 1000}}, "maximum context length"),
+        ({"input_ids": [5] * 257, "sampling_params": {"max_new_tokens": 0}}, "longer than the model's context"),
+        ({"input_ids": [5] * 256}, "room for at least one new token"),
         ({"text": "a", "top_logprobs_num": 50, "return_logprob": True}, "top_logprobs_num"),
     ]
     for body, needle in bad:
