@@ -79,3 +79,26 @@ def test_sglang_program_gen_regex_select_fork_run_batch(default_artifact):
         assert text.startswith(f"{book} {s['ref']}. And God saw the {s['seen']}")
     assert hits > 0  # fork, select and run_batch resend prefixes: the prefix cache serves them
     assert engine.stats.num_pages_used == 0
+
+
+@sgl.function
+def streamed_program(s):
+    s += "In the beginning "
+    s += sgl.gen("ref", max_tokens=10, regex=REF, temperature=1.0)
+
+
+def test_sglang_streaming_program(default_artifact):
+    """The frontend's stream=True path: SSE chunks with the cumulative text, sliced by SGLang."""
+    from sglang import RuntimeEndpoint
+
+    app, _ = real_app(default_artifact)
+    with ServerThread(app) as url:
+        backend = RuntimeEndpoint(url)
+        with concurrent.futures.ThreadPoolExecutor(1) as pool:
+            def run() -> tuple[list[str], str]:
+                state = streamed_program.run(backend=backend, stream=True)
+                pieces = list(state.text_iter("ref"))
+                return pieces, state["ref"]
+
+            pieces, ref = pool.submit(run).result(timeout=PROGRAM_TIMEOUT_S)
+    assert "".join(pieces) == ref and re.fullmatch(REF, ref), (pieces, ref)

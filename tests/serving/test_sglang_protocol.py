@@ -174,3 +174,17 @@ def test_bad_requests_are_400s(server):
             assert r.status_code == 400, (body, r.text)
             assert needle in r.json()["error"]["message"], (body, r.json())
     assert client.get("/health").status_code == 200
+
+
+def test_native_routes_need_the_api_key(serve_fake):
+    srv = serve_fake(api_key="sekret")
+    with srv.client() as client:
+        for method, path in (("GET", "/get_model_info"), ("GET", "/server_info"), ("POST", "/flush_cache"),
+                             ("POST", "/generate"), ("POST", "/concate_and_append_request")):
+            r = client.request(method, path, json={"text": "a"})
+            assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key", path
+        auth = {"Authorization": "Bearer sekret"}
+        assert client.get("/get_model_info", headers=auth).json()["is_generation"] is True
+        assert client.post("/flush_cache", headers=auth).status_code == 200
+        out = client.post("/generate", headers=auth, json={"text": "a b", "sampling_params": {"max_new_tokens": 3}})
+        assert out.status_code == 200 and out.json()["meta_info"]["completion_tokens"] <= 3
