@@ -36,6 +36,7 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field
 
+from llmirc.errors import LlmircError
 from llmirc.runtime.sampling import SamplingError, SamplingParams
 from llmirc.runtime.structured import Constraint
 
@@ -193,7 +194,10 @@ async def _generate(handlers: _Handlers, req: GenerateRequest, request: Request)
         for s in streams:
             await s.aclose()
         if isinstance(e, SamplingError) and items[len(streams)].params.structured is not None:
-            raise APIError(400, f"sampling_params: {e}", param="sampling_params") from None
+            name = _constraint_field(items[len(streams)].sp)  # llguidance refused the regex / schema / grammar
+            raise APIError(400, f"sampling_params.{name}: {e}", param=f"sampling_params.{name}") from None
+        if isinstance(e, ValueError) and not isinstance(e, LlmircError):  # the engine's input checks
+            raise APIError(400, f"the engine refused the request: {e}") from None
         raise
     if req.stream:
         return _sse(_stream(handlers, items, streams, single), streams)
@@ -290,10 +294,20 @@ def _fit(handlers: _Handlers, ids: list[int], max_new: int, text: str | None) ->
     return _Prompt(list(ids), min(max(max_new, 1), room), text)
 
 
+def _constraints_given(sp: SGLangSamplingParams) -> list[tuple[str, Any, str]]:
+    """(runtime kind, value, field name) of each constraint field that is set."""
+    return [(kind, value, name) for kind, value, name in (("regex", sp.regex, "regex"),
+                                                          ("json", sp.json_schema, "json_schema"),
+                                                          ("grammar", sp.ebnf, "ebnf")) if value is not None]
+
+
+def _constraint_field(sp: SGLangSamplingParams) -> str:
+    given = _constraints_given(sp)
+    return given[0][2] if given else "regex"
+
+
 def _constraint(sp: SGLangSamplingParams) -> Constraint | None:
-    given = [(kind, value, name) for kind, value, name in (("regex", sp.regex, "regex"),
-                                                           ("json", sp.json_schema, "json_schema"),
-                                                           ("grammar", sp.ebnf, "ebnf")) if value is not None]
+    given = _constraints_given(sp)
     if len(given) > 1:
         raise APIError(400, f"give at most one of sampling_params.regex, json_schema and ebnf; this request gives "
                             f"`{given[0][2]}` and `{given[1][2]}`", param=f"sampling_params.{given[1][2]}")
