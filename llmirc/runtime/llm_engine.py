@@ -172,9 +172,8 @@ class LLMEngine:
             prompt = [int(t) for t in prompt_token_ids]
         except (TypeError, ValueError):
             raise RequestError(f"request {request_id!r}: the prompt must be a list of token ids (integers)") from None
-        self.check_request(request_id, prompt, params)
+        grammar = self.check_request(request_id, prompt, params)  # compiled once, there
         stop_ids = self._stop_ids(params)
-        grammar = self._grammar(params)
         leader = None
         completions = []
         for i in range(params.n):
@@ -191,8 +190,10 @@ class LLMEngine:
         for c in completions:
             self.scheduler.add(c.seq)
 
-    def check_request(self, request_id: str, prompt: Seq[int], params: SamplingParams) -> None:
-        """The checks of add_request, without queueing (a client can check a batch first)."""
+    def check_request(self, request_id: str, prompt: Seq[int], params: SamplingParams) -> SequenceGrammar | None:
+        """The checks of add_request, without queueing (a client can check a batch first);
+        returns the compiled structured-output matcher (None without a constraint), so that
+        add_request does not compile it a second time."""
         if not isinstance(params, SamplingParams):
             raise SamplingError(f"request {request_id!r}: params must be SamplingParams, got {type(params).__name__}")
         if request_id in self._requests:
@@ -213,13 +214,13 @@ class LLMEngine:
         if params.structured is not None and self.tokenizer is None:
             raise SamplingError(f"request {request_id!r}: structured output needs the model's tokenizer.json and "
                                 "this engine has none")
-        self._grammar(params)  # an invalid schema / regex / grammar fails here, before queueing
         worst = self.worst_case_pages(n, params.max_tokens)
         if worst > self.pool.capacity:
             raise PoolExhaustedError(
                 f"request {request_id!r} needs up to {worst} KV pages ({n} prompt tokens + up to "
                 f"{params.max_tokens} new, {self.pool.page_size} tokens a page) but the pool has only "
                 f"{self.pool.capacity}; raise --num-pages (now {self.pool.num_pages}) or lower max_tokens")
+        return self._grammar(params)  # an invalid schema / regex / grammar fails here, before queueing
 
     def worst_case_pages(self, prompt_len: int, max_tokens: int) -> int:
         """Pages one sequence may ever hold: every token but the last sampled one is computed."""
