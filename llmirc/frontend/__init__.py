@@ -28,10 +28,13 @@ class ImportedModel:
     prequantized: PrequantizedLayout | None = None  # GPTQ/AWQ linears, unpacked by weight_store()
 
     def load(self, name: str) -> np.ndarray:
-        """One checkpoint tensor as the IR's weight holds it (the family's transform applied)."""
-        value = self.checkpoint.load(name)
-        transform = FAMILIES[self.config.architecture].tensor_transform
-        return value if transform is None else transform(name, value)
+        """One IR weight from the checkpoint: its own tensor or its rows of a fused one, with
+        the family's transform applied."""
+        family = FAMILIES[self.config.architecture]
+        part = fused_part(name, family, weight_shapes(self.config))
+        value = self.checkpoint.load(name) if part is None else \
+            np.ascontiguousarray(self.checkpoint.load(part[0])[part[1]:part[2]])
+        return value if family.tensor_transform is None else family.tensor_transform(name, value)
 
     def weights(self) -> dict[str, np.ndarray]:
         """Every referenced tensor (float ones as f32; loaded now; shapes were checked at import)."""
@@ -66,10 +69,39 @@ def import_checkpoint(directory: str | Path, max_seq_len: int | None = None,
     shapes = weight_shapes(config)
     layout = prequantized.detect(config, ckpt, shapes)  # GPTQ/AWQ tensors, checked there
     quantized = layout.linears if layout else {}
+    family = FAMILIES[config.architecture]
     for name, shape in shapes.items():
-        if name not in quantized:
+        if name in quantized:
+            continue
+        part = fused_part(name, family, shapes)
+        if part is None:
             ckpt.info(name, shape)
+        elif part[1] == 0:  # check a fused tensor once, at its first part
+            rows = sum(shapes[n][0] for n in fused_names(part[0], family))
+            ckpt.info(part[0], (rows,) + tuple(shape[1:]))
     return ImportedModel(config, ckpt, build_decoder(config, ctx, quantized), layout)
+
+
+def fused_names(fused: str, family) -> list[str]:
+    """The IR weights a fused checkpoint tensor `fused` holds, in row order."""
+    for suffix, parts in family.fused.items():
+        if fused.endswith(suffix):
+            prefix = fused[: -len(suffix)]
+            return [prefix + p for p in parts]
+    return []
+
+
+def fused_part(name: str, family, shapes: dict[str, tuple[int, ...]]) -> tuple[str, int, int] | None:
+    """(checkpoint tensor, first row, end row) when the family stores IR weight `name` as rows
+    of a fused tensor; None when it is a tensor of its own."""
+    for suffix, parts in family.fused.items():
+        for i, part in enumerate(parts):
+            if name.endswith(part):
+                prefix = name[: -len(part)]
+                rows = [shapes[prefix + p][0] for p in parts]
+                start = sum(rows[:i])
+                return prefix + suffix, start, start + rows[i]
+    return None
 
 
 __all__ = ["Checkpoint", "ImportedModel", "LlamaConfig", "ModelConfig", "build_decoder", "cache_type", "import_checkpoint",

@@ -32,6 +32,7 @@ FAMILY_CASES = {
     "qwen2": dict(tie_word_embeddings=True),
     "qwen3": dict(head_dim=32),  # head_dim != hidden / heads, as in real Qwen3
     "gemma": dict(head_dim=32),
+    "phi3": dict(sliding_window=None, pad_token_id=0),
     # window 16 on the sliding layers, so the longest prompt runs past it; soft caps small
     # enough to bite at these logit sizes
     "gemma2": dict(head_dim=16, query_pre_attn_scalar=24, sliding_window=16, attn_logit_softcapping=2.0,
@@ -91,6 +92,7 @@ def test_a_missing_block_changes_the_answer(model_type, block, tmp_path):
 
 @pytest.mark.parametrize("model_type,window", [
     pytest.param("mistral", dict(sliding_window=16), id="mistral-every-layer"),
+    pytest.param("phi3", dict(sliding_window=16, pad_token_id=0), id="phi3-every-layer", marks=pytest.mark.slow),
     pytest.param("qwen2", dict(use_sliding_window=True, sliding_window=16, max_window_layers=1), id="qwen2-layer-1",
                  marks=pytest.mark.slow),
 ])

@@ -13,9 +13,9 @@ from .base import Family, flag
 
 
 def _registry() -> dict[str, Family]:
-    from . import gemma, gemma2, llama, mistral, qwen2, qwen3
+    from . import gemma, gemma2, llama, mistral, phi3, qwen2, qwen3
 
-    families = [llama.FAMILY, mistral.FAMILY, qwen2.FAMILY, qwen3.FAMILY, gemma.FAMILY, gemma2.FAMILY]
+    families = [llama.FAMILY, mistral.FAMILY, qwen2.FAMILY, qwen3.FAMILY, gemma.FAMILY, gemma2.FAMILY, phi3.FAMILY]
     return {arch: f for f in families for arch in f.architectures}
 
 

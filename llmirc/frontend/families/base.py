@@ -41,6 +41,9 @@ class Family:
     activation_key: str = "hidden_act"                 # the key naming the MLP's gate activation
     # name, f32 array -> the array the IR's weight holds (Gemma stores RMSNorm weights as w - 1)
     tensor_transform: Callable[[str, Any], Any] | None = None
+    # checkpoint tensor suffix -> the IR weight suffixes it holds, stacked along dim 0 in this
+    # order (Phi-3's qkv_proj); the loader slices them apart
+    fused: Mapping[str, tuple[str, ...]] = field(default_factory=dict)
     features: tuple[str, ...] = ()                     # one phrase each, for `llmirc models`
     refused: tuple[str, ...] = ()                      # what this family refuses, for `llmirc models`
 
