@@ -140,10 +140,12 @@ def test_constraints_and_flush(server):
     outs = _gen(client, text=["Genesis "] * 4, sampling_params={"max_new_tokens": 20, "temperature": 1.0,
                                                                 "regex": regex})
     assert all(re.fullmatch(regex, o["text"]) and o["meta_info"]["finish_reason"]["type"] == "stop" for o in outs)
-    schema = {"type": "object", "properties": {"verse": {"type": "integer"}}, "required": ["verse"],
-              "additionalProperties": False}
+    # a bounded integer: an unbounded one can, sampled at temperature 1, run past max_new_tokens
+    schema = {"type": "object", "properties": {"verse": {"type": "integer", "minimum": 1, "maximum": 176}},
+              "required": ["verse"], "additionalProperties": False}
     js = _gen(client, text="The", sampling_params={"max_new_tokens": 30, "json_schema": json.dumps(schema),
                                                    "temperature": 1.0})
+    assert js["meta_info"]["finish_reason"]["type"] == "stop"
     assert isinstance(json.loads(js["text"])["verse"], int)
     _gen(client, text="And God said, Let there be light: and there was light.", sampling_params={"max_new_tokens": 0})
     assert engine.scheduler.cache.unreferenced_pages() > 0

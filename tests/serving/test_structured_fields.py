@@ -18,7 +18,8 @@ from .conftest import real_app
 from .sse import sse_events
 
 SCHEMA = {"type": "object",
-          "properties": {"name": {"type": "string", "maxLength": 10}, "age": {"type": "integer", "minimum": 0},
+          "properties": {"name": {"type": "string", "maxLength": 10},
+                         "age": {"type": "integer", "minimum": 0, "maximum": 150},
                          "book": {"enum": ["Genesis", "Exodus"]}},
           "required": ["name", "age", "book"], "additionalProperties": False}
 REGEX = r"[A-Z][a-z]{2,8} [0-9]{1,3}:[0-9]{1,3}"
