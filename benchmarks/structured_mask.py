@@ -34,22 +34,8 @@ from docs_section import ROOT, write_doc_section  # noqa: E402
 from llmirc.runtime.llm_engine import LLMEngine  # noqa: E402
 from llmirc.runtime.sampling import SamplingParams  # noqa: E402
 from llmirc.runtime.structured import Constraint, GrammarCompiler  # noqa: E402
+from llmirc.testing.structured import SIX_FIELD_SCHEMA as SCHEMA  # noqa: E402
 
-SCHEMA = {
-    "type": "object",
-    "properties": {
-        "name": {"type": "string", "minLength": 1, "maxLength": 12},
-        "age": {"type": "integer", "minimum": 0, "maximum": 150},
-        "verse": {"type": "string", "pattern": "^[0-9]{1,3}:[0-9]{1,3}$"},
-        "book": {"enum": ["Genesis", "Exodus", "Psalms"]},
-        "tags": {"type": "array", "items": {"type": "string", "maxLength": 8}, "maxItems": 3},
-        "place": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 10},
-                                                   "north": {"type": "boolean"}},
-                  "required": ["city", "north"], "additionalProperties": False},
-    },
-    "required": ["name", "age", "verse", "book", "tags", "place"],
-    "additionalProperties": False,
-}
 KINDS = {
     "json schema (6 fields)": Constraint("json", SCHEMA),
     "regex": Constraint("regex", r"([A-Z][a-z]{2,8} [0-9]{1,3}:[0-9]{1,3}, ){0,6}[A-Z][a-z]{2,8}"),

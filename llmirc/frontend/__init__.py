@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -27,11 +28,16 @@ class ImportedModel:
     module: ir.Module
     prequantized: PrequantizedLayout | None = None  # GPTQ/AWQ linears, unpacked by weight_store()
 
+    @cached_property
+    def shapes(self) -> dict[str, tuple[int, ...]]:
+        """Every IR weight's shape (computed once: `load` asks for each tensor)."""
+        return weight_shapes(self.config)
+
     def load(self, name: str) -> np.ndarray:
         """One IR weight from the checkpoint: its own tensor or its rows of a fused one, with
         the family's transform applied."""
         family = FAMILIES[self.config.architecture]
-        part = fused_part(name, family, weight_shapes(self.config))
+        part = fused_part(name, family, self.shapes)
         value = self.checkpoint.load(name) if part is None else \
             np.ascontiguousarray(self.checkpoint.load(part[0])[part[1]:part[2]])
         return value if family.tensor_transform is None else family.tensor_transform(name, value)
@@ -39,7 +45,7 @@ class ImportedModel:
     def weights(self) -> dict[str, np.ndarray]:
         """Every referenced tensor (float ones as f32; loaded now; shapes were checked at import)."""
         if self.prequantized is None:
-            return {n: self.load(n) for n in weight_shapes(self.config)}
+            return {n: self.load(n) for n in self.shapes}
         store = self.weight_store()
         return {n: store[n] for n in weight_names(self.module)}
 
@@ -48,7 +54,7 @@ class ImportedModel:
         from ..pipelines.weights import WeightStore
 
         quantized = self.prequantized.linears if self.prequantized else {}
-        store = WeightStore(self.load, [n for n in weight_shapes(self.config) if n not in quantized])
+        store = WeightStore(self.load, [n for n in self.shapes if n not in quantized])
         if self.prequantized:
             self.prequantized.register(store, self.checkpoint)
         return store

@@ -12,22 +12,8 @@ import pytest
 from llmirc.runtime.llm_engine import LLMEngine
 from llmirc.runtime.sampling import SamplingError, SamplingParams
 from llmirc.runtime.structured import Constraint
+from llmirc.testing.structured import SIX_FIELD_SCHEMA as SCHEMA
 
-SCHEMA = {
-    "type": "object",
-    "properties": {
-        "name": {"type": "string", "minLength": 1, "maxLength": 12},
-        "age": {"type": "integer", "minimum": 0, "maximum": 150},
-        "verse": {"type": "string", "pattern": "^[0-9]{1,3}:[0-9]{1,3}$"},
-        "book": {"enum": ["Genesis", "Exodus", "Psalms"]},
-        "tags": {"type": "array", "items": {"type": "string", "maxLength": 8}, "maxItems": 3},
-        "place": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 10},
-                                                   "north": {"type": "boolean"}},
-                  "required": ["city", "north"], "additionalProperties": False},
-    },
-    "required": ["name", "age", "verse", "book", "tags", "place"],
-    "additionalProperties": False,
-}
 REGEX = r"[A-Z][a-z]{2,8} [0-9]{1,3}:[0-9]{1,3}"
 CHOICES = ["Genesis", "Exodus", "Leviticus", "Numbers"]
 N = 50
