@@ -117,16 +117,25 @@ def _save(tensors: dict[str, np.ndarray], path: Path, dtype: str) -> None:
         path.write_bytes(len(header).to_bytes(8, "little") + header + raw[8 + n:])
 
 
-def write_tokenizer(directory: Path, vocab_size: int) -> None:
-    """A byte-level BPE tokenizer.json (<unk>=0, <s>=1, </s>=2) no larger than the vocab."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+def write_tokenizer(directory: Path, vocab_size: int, corpus: list[str] | None = None) -> None:
+    """A byte-level BPE tokenizer.json (<unk>=0, <s>=1, </s>=2) no larger than the vocab.
+
+    Without `corpus` it is trained on one short text (about 300 tokens: fast, and enough for
+    tests); with one, to the model's whole vocabulary, so every id has text (what a benchmark
+    that detokenizes in two servers needs)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=min(vocab_size, 300 + 3), special_tokens=["<unk>", "<s>", "</s>"],
+    size = vocab_size if corpus else min(vocab_size, 300 + 3)
+    trainer = trainers.BpeTrainer(vocab_size=size, special_tokens=["<unk>", "<s>", "</s>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator([_TOKENIZER_TEXT], trainer)
+    tok.train_from_iterator(corpus or [_TOKENIZER_TEXT], trainer)
+    # <s> first, as Llama's own tokenizer.json does: transformers 5 reads BOS from here, not
+    # from tokenizer_config's add_bos_token, so both agree with the runtime on every prompt
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", pair="<s> $A <s> $B",
+                                                       special_tokens=[("<s>", 1)])
     tok.save(str(directory / "tokenizer.json"))
     (directory / "tokenizer_config.json").write_text(json.dumps(
         {"tokenizer_class": "PreTrainedTokenizerFast", "bos_token": "<s>", "eos_token": "</s>",

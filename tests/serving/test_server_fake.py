@@ -49,13 +49,14 @@ def test_completion_text_tokens_and_usage(serve_fake, tokenizer):
     s = serve_fake()
     with s.client() as c:
         r = complete(c, prompt="In the beginning", max_tokens=5, ignore_eos=True)
-        by_ids = complete(c, prompt=[1] + tokenizer.encode("In the beginning").ids, max_tokens=5, ignore_eos=True)
+        ids = tokenizer.encode("In the beginning", add_special_tokens=False).ids
+        by_ids = complete(c, prompt=[1] + ids, max_tokens=5, ignore_eos=True)
     assert r.status_code == 200, r.text
     body = r.json()
     assert body["object"] == "text_completion" and body["model"] == "fake" and body["id"].startswith("cmpl-")
     (choice,) = body["choices"]
     assert choice["finish_reason"] == "length" and choice["index"] == 0
-    prompt_len = 1 + len(tokenizer.encode("In the beginning").ids)  # BOS added, as for llmirc run
+    prompt_len = 1 + len(ids)  # BOS added, as for llmirc run
     assert body["usage"] == {"prompt_tokens": prompt_len, "completion_tokens": 5, "total_tokens": prompt_len + 5}
     assert by_ids.json()["choices"][0]["text"] == choice["text"]  # the same prompt as token ids
 
@@ -396,7 +397,7 @@ def test_echo_with_prompt_logprobs(serve_fake, tokenizer):
         with c.stream("POST", "/v1/completions", json={**body, "temperature": 0, "stream": True}) as r:
             chunks = [e["choices"][0] for e in sse_events(r.iter_lines())[:-1]]
         ids_echo = complete(c, prompt=[5, 6, 7], max_tokens=2, echo=True).json()["choices"][0]
-    prompt_ids = [1] + tokenizer.encode("In the").ids
+    prompt_ids = [1] + tokenizer.encode("In the", add_special_tokens=False).ids
     assert echoed["text"] == "In the" + plain["text"]
     lp = echoed["logprobs"]
     assert len(lp["tokens"]) == len(prompt_ids) + 3
