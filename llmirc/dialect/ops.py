@@ -63,7 +63,8 @@ def _embedding(ts: Types, attrs: Attrs):
 
 
 register(OpSpec(
-    "embedding", "Rows of `table` [vocab, hidden] selected by integer `ids`.",
+    "embedding", "Rows of `table` [vocab, hidden] selected by integer `ids`; an id outside [0, vocab) "
+    "reads the nearest row (clamped), so a padding position of -1 in a learned position table reads row 0.",
     operands=(Operand("ids", "int"), Operand("table", "float", 2)), infer=_embedding))
 
 

@@ -15,6 +15,7 @@ from .checkpoint import Checkpoint
 from .config import LlamaConfig, ModelConfig, load_config
 from .decoder import build_decoder, cache_type, weight_shapes
 from .families import FAMILIES
+from .layout import laid_out
 from .prequantized import PrequantizedLayout
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
@@ -76,6 +77,7 @@ def import_checkpoint(directory: str | Path, max_seq_len: int | None = None,
     layout = prequantized.detect(config, ckpt, shapes)  # GPTQ/AWQ tensors, checked there
     quantized = layout.linears if layout else {}
     family = FAMILIES[config.architecture]
+    ckpt = laid_out(config, family, ckpt, shapes)  # GPT-2, Falcon: their tensors under the IR's names
     for name, shape in shapes.items():
         if name in quantized:
             continue

@@ -44,6 +44,15 @@ class ModelConfig:
     attn_softcap: float = 0.0      # attention scores soft-capped (Gemma 2); 0: off
     final_softcap: float = 0.0     # logits soft-capped (Gemma 2); 0: off
     query_scale: float | None = None  # q.k scale base instead of head_dim (Gemma 2 query_pre_attn_scalar)
+    norm: str = "rms"              # "rms": RMSNorm; "layer": LayerNorm with a bias (GPT-2, Falcon)
+    layer_norm_eps: float = 1e-5   # the LayerNorm's epsilon (norm "layer")
+    mlp: str = "gated"             # "gated": down(act(gate) * up); "plain": down(act(up)) (GPT-2, Falcon)
+    learned_positions: int = 0     # rows of a learned absolute position table added to the embeddings
+    #                                (GPT-2's wpe) instead of rotary embeddings; 0: rope
+    parallel_block: bool = False   # attention and MLP both read the block input; one residual (Falcon)
+    parallel_mlp_norm: bool = False  # in a parallel block the MLP norms the input itself (Falcon's ln_mlp)
+    scale_attn_weights: bool = True  # q.k scaled by 1/sqrt(head_dim) (GPT-2 can turn it off)
+    attn_scale_by_layer: bool = False  # and by 1 / (layer + 1) (GPT-2 scale_attn_by_inverse_layer_idx)
     family: str = "llama"
     hidden_act: str = "silu"
     bos_token_id: int | None = None
@@ -57,11 +66,15 @@ class ModelConfig:
         """Rotary inverse frequencies in f32 (any rope scaling folded in: `llm.rope` takes only these)."""
         return self.rope.inv_freq(self.head_dim)
 
-    def attention_scale(self) -> float:
-        """Scale of q.k: 1/sqrt(head_dim), times the square of the rope's attention factor
-        (YaRN scales cos and sin, hence both q and k)."""
+    def attention_scale(self, layer: int = 0) -> float:
+        """Scale of q.k in `layer`: 1/sqrt(head_dim), times the square of the rope's attention
+        factor (YaRN scales cos and sin, hence both q and k); GPT-2 may drop the 1/sqrt(head_dim)
+        and divide by layer + 1."""
         base = self.query_scale if self.query_scale is not None else self.head_dim
-        return base ** -0.5 * self.rope.attention_factor(self.head_dim) ** 2
+        scale = base ** -0.5 if self.scale_attn_weights else 1.0
+        if self.learned_positions == 0:
+            scale *= self.rope.attention_factor(self.head_dim) ** 2
+        return scale / (layer + 1) if self.attn_scale_by_layer else scale
 
     def window(self, layer: int) -> int:
         return self.layer_windows[layer] if self.layer_windows else 0
@@ -125,6 +138,9 @@ def load_config(checkpoint_dir: Path, max_seq_len: int | None = None) -> ModelCo
     archs = cfg.get("architectures") or [cfg.get("model_type", "?")]
     arch = archs[0]
     family = family_for(arch, str(path))
+    raw = cfg  # what the file says: unknown-key warnings and `extra` are about these keys
+    if family.common_keys is not None:  # the common keys read below, from the family's own (GPT-2's n_embd)
+        cfg = cfg | family.common_keys(cfg, str(path))
     hidden = int(_require(cfg, "hidden_size", path))
     heads = int(_require(cfg, "num_attention_heads", path))
     kv_heads = int(cfg.get("num_key_value_heads") or heads)
@@ -133,7 +149,7 @@ def load_config(checkpoint_dir: Path, max_seq_len: int | None = None) -> ModelCo
         raise CheckpointError(f"{path}: num_attention_heads {heads} is not a multiple of "
                               f"num_key_value_heads {kv_heads}")
     act_key = family.activation_key
-    act = cfg.get(act_key) or "silu"
+    act = cfg.get(act_key) or family.activation_default
     if act not in HF_ACTIVATIONS:
         raise CheckpointError(f"{path}: {act_key} '{act}' is not supported "
                               f"(supported: {', '.join(HF_ACTIVATIONS)})")
@@ -154,7 +170,7 @@ def load_config(checkpoint_dir: Path, max_seq_len: int | None = None) -> ModelCo
         rms_norm_eps=float(_given(cfg, "rms_norm_eps", 1e-6)),
         hidden_act=HF_ACTIVATIONS[act],
         rope=rope,
-        tie_word_embeddings=bool(_given(cfg, "tie_word_embeddings", False)),
+        tie_word_embeddings=bool(_given(cfg, "tie_word_embeddings", family.tied_default)),
         **family.choices(cfg, str(path)),
         layer_windows=windows,
         family=family.name,
@@ -162,8 +178,8 @@ def load_config(checkpoint_dir: Path, max_seq_len: int | None = None) -> ModelCo
         eos_token_ids=eos_ids,
         architecture=arch,
         torch_dtype=str(cfg.get("torch_dtype") or cfg.get("dtype") or "float32"),
-        extra=cfg,
-        warnings=tuple(unknown_key_warnings(cfg, str(path), family.reads, family.inert) + rope_warnings),
+        extra=raw,
+        warnings=tuple(unknown_key_warnings(raw, str(path), family.reads, family.inert) + rope_warnings),
     )
     return config
 

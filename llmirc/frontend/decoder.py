@@ -1,11 +1,14 @@
 """A decoder-only checkpoint -> llm IR with `prefill`, `extend`, `extend_all` and `decode`.
 
 One builder for every registered family (families/): the ModelConfig's block choices
-(biases, per-head q/k norms) select the variant. Reads top to bottom like the model: embed,
-then per layer norm -> attention -> residual -> norm -> mlp -> residual, then norm and head.
+(biases, per-head q/k norms, RMSNorm or LayerNorm, gated or plain MLP, rotary or learned
+positions, sequential or parallel blocks) select the variant. Reads top to bottom like the
+model: embed, then per layer norm -> attention -> residual -> norm -> mlp -> residual (or a
+parallel block: x + attention(norm(x)) + mlp(norm(x))), then norm and head.
 The KV cache is an explicit contiguous `!llm.kv_cache` value threaded through
 every layer; `blockify-kv-cache` later makes it paged. Weights are `llm.weight`
-ops that name checkpoint tensors, so the IR never holds weight data.
+ops that name checkpoint tensors, so the IR never holds weight data; the names are Llama's for
+every family (a family laid out otherwise, GPT-2 or Falcon, maps them to its own: layout.py).
 """
 
 from __future__ import annotations
@@ -20,23 +23,31 @@ F32 = "f32"
 ENTRY_FUNCTIONS = ("prefill", "extend", "extend_all", "decode")  # what build_decoder emits, in order
 
 
+def _norm_shapes(c: ModelConfig, name: str, size: int) -> dict[str, tuple[int, ...]]:
+    """A norm's weight, and its bias for a LayerNorm."""
+    return {name + ".weight": (size,)} | ({name + ".bias": (size,)} if c.norm == "layer" else {})
+
+
 def weight_shapes(c: ModelConfig) -> dict[str, tuple[int, ...]]:
     """Every tensor the IR references, with the shape config.json implies."""
     h, d = c.hidden_size, c.head_dim
     shapes: dict[str, tuple[int, ...]] = {"model.embed_tokens.weight": (c.vocab_size, h)}
+    if c.learned_positions:
+        shapes["model.embed_positions.weight"] = (c.learned_positions, h)
+    mlp_in = ("up",) if c.mlp == "plain" else ("gate", "up")
     for i in range(c.num_layers):
         p = f"model.layers.{i}."
+        shapes |= _norm_shapes(c, p + "input_layernorm", h)
         shapes |= {
-            p + "input_layernorm.weight": (h,),
             p + "self_attn.q_proj.weight": (c.num_heads * d, h),
             p + "self_attn.k_proj.weight": (c.num_kv_heads * d, h),
             p + "self_attn.v_proj.weight": (c.num_kv_heads * d, h),
             p + "self_attn.o_proj.weight": (h, c.num_heads * d),
-            p + "post_attention_layernorm.weight": (h,),
-            p + "mlp.gate_proj.weight": (c.intermediate_size, h),
-            p + "mlp.up_proj.weight": (c.intermediate_size, h),
-            p + "mlp.down_proj.weight": (h, c.intermediate_size),
         }
+        if not c.parallel_block:  # a parallel block's MLP reads the block input (its own norm or the first)
+            shapes |= _norm_shapes(c, p + "post_attention_layernorm", h)
+        shapes |= {p + f"mlp.{n}_proj.weight": (c.intermediate_size, h) for n in mlp_in}
+        shapes[p + "mlp.down_proj.weight"] = (h, c.intermediate_size)
         if c.qkv_bias:
             shapes |= {p + f"self_attn.{n}_proj.bias": (k,) for n, k in
                        (("q", c.num_heads * d), ("k", c.num_kv_heads * d), ("v", c.num_kv_heads * d))}
@@ -44,12 +55,14 @@ def weight_shapes(c: ModelConfig) -> dict[str, tuple[int, ...]]:
             shapes[p + "self_attn.o_proj.bias"] = (h,)
         if c.qk_norm:
             shapes |= {p + "self_attn.q_norm.weight": (d,), p + "self_attn.k_norm.weight": (d,)}
+        if c.parallel_block and c.parallel_mlp_norm:
+            shapes |= _norm_shapes(c, p + "pre_feedforward_layernorm", h)
         if c.sandwich_norms:
             shapes |= {p + "pre_feedforward_layernorm.weight": (h,), p + "post_feedforward_layernorm.weight": (h,)}
         if c.mlp_bias:
-            shapes |= {p + f"mlp.{n}_proj.bias": (k,) for n, k in
-                       (("gate", c.intermediate_size), ("up", c.intermediate_size), ("down", h))}
-    shapes["model.norm.weight"] = (h,)
+            shapes |= {p + f"mlp.{n}_proj.bias": (c.intermediate_size,) for n in mlp_in}
+            shapes[p + "mlp.down_proj.bias"] = (h,)
+    shapes |= _norm_shapes(c, "model.norm", h)
     if not c.tie_word_embeddings:
         shapes["lm_head.weight"] = (c.vocab_size, h)
     return shapes
@@ -88,20 +101,27 @@ class _DecoderBuilder:
         if c.qk_norm:  # per head, over head_dim, before rope
             q = b.rms_norm(q, self.w(p + ".q_norm.weight"), eps=c.rms_norm_eps, loc=p + ".q_norm")
             k = b.rms_norm(k, self.w(p + ".k_norm.weight"), eps=c.rms_norm_eps, loc=p + ".k_norm")
-        q = b.rope(q, pos, inv_freq=self.inv_freq, loc=p + ".rope_q")
-        k = b.rope(k, pos, inv_freq=self.inv_freq, loc=p + ".rope_k")
+        if not c.learned_positions:  # rotary; learned positions were added to the embeddings
+            q = b.rope(q, pos, inv_freq=self.inv_freq, loc=p + ".rope_q")
+            k = b.rope(k, pos, inv_freq=self.inv_freq, loc=p + ".rope_k")
         cache = b.append_kv(cache, k, v, pos, layer=i, loc=p + ".append_kv")
         a = b.attention(q, cache, pos, layer=i, num_heads=c.num_heads, num_kv_heads=c.num_kv_heads,
-                        head_dim=c.head_dim, scale=c.attention_scale(), window=c.window(i),
+                        head_dim=c.head_dim, scale=c.attention_scale(i), window=c.window(i),
                         softcap=c.attn_softcap, loc=p + ".attention")
         a = b.reshape(a, shape=[0, 0, c.num_heads * c.head_dim])
         return self.linear(a, p + ".o_proj", c.o_bias), cache
 
+    def act(self, x: ir.Value) -> ir.Value:
+        if self.c.hidden_act == "silu":
+            return self.b.silu(x)
+        return self.b.gelu(x, approximate="tanh" if self.c.hidden_act == "gelu_tanh" else "none")
+
     def mlp(self, x: ir.Value, i: int) -> ir.Value:
+        """Gated: down(act(gate(x)) * up(x)); plain (GPT-2, Falcon): down(act(up(x)))."""
         b, p, bias = self.b, f"model.layers.{i}.mlp", self.c.mlp_bias
-        gate = self.linear(x, p + ".gate_proj", bias)
-        gate = b.silu(gate) if self.c.hidden_act == "silu" else \
-            b.gelu(gate, approximate="tanh" if self.c.hidden_act == "gelu_tanh" else "none")
+        if self.c.mlp == "plain":
+            return self.linear(self.act(self.linear(x, p + ".up_proj", bias)), p + ".down_proj", bias)
+        gate = self.act(self.linear(x, p + ".gate_proj", bias))
         return self.linear(b.mul(gate, self.linear(x, p + ".up_proj", bias)), p + ".down_proj", bias)
 
     def body(self, tokens: ir.Value, pos: ir.Value, cache: ir.Value) -> tuple[ir.Value, ir.Value]:
@@ -110,8 +130,14 @@ class _DecoderBuilder:
         x = b.embedding(tokens, self.w("model.embed_tokens.weight"))
         if self.c.embed_scale != 1.0:
             x = b.scale(x, factor=self.c.embed_scale, loc="model.embed_scale")
+        if self.c.learned_positions:  # padding positions (-1) read row 0 (embedding clamps), never used
+            pe = b.embedding(pos, self.w("model.embed_positions.weight"), loc="model.embed_positions")
+            x = b.add(x, pe, loc="model.embed_positions.add")
         for i in range(self.c.num_layers):
             p = f"model.layers.{i}"
+            if self.c.parallel_block:
+                x, cache = self.parallel_block(x, pos, cache, i)
+                continue
             a, cache = self.attn(self.norm(x, p + ".input_layernorm"), pos, cache, i)
             if self.c.sandwich_norms:  # Gemma 2: norm the attention output before the residual
                 a = self.norm(a, p + ".post_attention_layernorm")
@@ -123,12 +149,24 @@ class _DecoderBuilder:
             x = b.add(x, m, loc=p + ".mlp_residual")
         return x, cache
 
+    def parallel_block(self, x: ir.Value, pos: ir.Value, cache: ir.Value, i: int) -> tuple[ir.Value, ir.Value]:
+        """Falcon: x + (mlp(norm_m(x)) + attention(norm_a(x))), both branches reading the block
+        input; norm_m is norm_a unless the MLP has its own (new_decoder_architecture's ln_mlp)."""
+        p = f"model.layers.{i}"
+        h = self.norm(x, p + ".input_layernorm")
+        a, cache = self.attn(h, pos, cache, i)
+        m = self.mlp(self.norm(x, p + ".pre_feedforward_layernorm") if self.c.parallel_mlp_norm else h, i)
+        return self.b.add(x, self.b.add(m, a, loc=p + ".parallel_sum"), loc=p + ".residual"), cache
+
     def norm(self, x: ir.Value, name: str) -> ir.Value:
+        if self.c.norm == "layer":
+            return self.b.layer_norm(x, self.w(name + ".weight"), self.w(name + ".bias"), eps=self.c.layer_norm_eps,
+                                     loc=name)
         return self.b.rms_norm(x, self.w(name + ".weight"), eps=self.c.rms_norm_eps, loc=name)
 
     def head(self, x: ir.Value) -> ir.Value:
         """Final norm and lm_head on [B, H] -> logits [B, V]."""
-        x = self.b.rms_norm(x, self.w("model.norm.weight"), eps=self.c.rms_norm_eps, loc="model.norm")
+        x = self.norm(x, "model.norm")
         name = "model.embed_tokens.weight" if self.c.tie_word_embeddings else "lm_head.weight"
         logits = self.b.linear(x, self.w(name), loc="lm_head")
         if self.c.final_softcap:

@@ -37,18 +37,32 @@ FAMILY_CASES = {
     # enough to bite at these logit sizes
     "gemma2": dict(head_dim=16, query_pre_attn_scalar=24, sliding_window=16, attn_logit_softcapping=2.0,
                    final_logit_softcapping=3.0),
+    "gpt2": dict(),  # GPT2LMHeadModel: tensors under `transformer.`, lm_head tied
+    "falcon": dict(new_decoder_architecture=True),  # GQA (2 KV heads), ln_attn / ln_mlp, no bias
 }
+
+# other forms of a family that compile to other IR, compiled and compared too: id -> (model_type, overrides)
+FAMILY_FORMS = {
+    # Falcon 7B's layout: one KV head, one input_layernorm, attention and MLP in parallel; with bias
+    "falcon-multi-query": ("falcon", dict(new_decoder_architecture=False, multi_query=True, bias=True)),
+}
+# forms that compile to the same IR as a case above (checked cheaply in the default suite), compiled
+# only in the slow suite
+SLOW_FORMS = {
+    "gpt2-no-prefix": ("gpt2", dict(base_model=True)),  # GPT2Model saved: `h.0...`, no lm_head
+}
+CASES = {t: (t, o) for t, o in FAMILY_CASES.items()} | FAMILY_FORMS | SLOW_FORMS
 
 
 def test_every_family_has_a_case():
     assert {f.name for f in FAMILIES.values()} == set(FAMILY_CASES)
 
 
-@pytest.fixture(scope="module", params=list(FAMILY_CASES))
+@pytest.fixture(scope="module", params=[pytest.param(c, marks=pytest.mark.slow) if c in SLOW_FORMS else c
+                                        for c in CASES])
 def family_checkpoint(request, tmp_path_factory):
-    model_type = request.param
-    ckpt = save_hf_model(tmp_path_factory.mktemp(model_type) / "ckpt", model_type, seed=11,
-                         **FAMILY_CASES[model_type])
+    model_type, overrides = CASES[request.param]
+    ckpt = save_hf_model(tmp_path_factory.mktemp(request.param) / "ckpt", model_type, seed=11, **overrides)
     return model_type, ckpt
 
 
@@ -112,3 +126,128 @@ def test_sliding_window_matches_transformers(model_type, window, tmp_path):
     from tests.reference import hf_greedy
 
     assert [hf_greedy(hf_full, p, NEW_TOKENS)[0] for p in PROMPTS] != ref  # the window matters
+
+
+# ---- GPT-2 and Falcon: every form against transformers in the interpreter (no compile) ----------
+
+# forms the compiled cases above do not cover, or cover through another checkpoint layout
+INTERPRETER_FORMS = {
+    "gpt2-no-prefix": ("gpt2", dict(base_model=True)),
+    "gpt2-attn-scales": ("gpt2", dict(scale_attn_weights=False, scale_attn_by_inverse_layer_idx=True,
+                                      reorder_and_upcast_attn=True, activation_function="gelu")),
+    "gpt2-untied": ("gpt2", dict(tie_word_embeddings=False)),
+    "falcon-new-one-norm": ("falcon", dict(new_decoder_architecture=True, num_ln_in_parallel_attn=1, bias=True)),
+    "falcon-per-head-kv": ("falcon", dict(new_decoder_architecture=False, multi_query=False, num_kv_heads=4)),
+    "falcon-sequential": ("falcon", dict(new_decoder_architecture=False, multi_query=True, parallel_attn=False,
+                                         bias=True)),
+}
+
+
+def _interpreter_vs_transformers(ckpt, steps: int = 4) -> None:
+    """Batched prefill of PROMPTS (padded rows: learned positions of -1 must not matter) and
+    `steps` greedy decodes in the llm interpreter, against transformers on the same tokens."""
+    from llmirc.frontend import import_checkpoint
+    from tests.pipelines.equivalence import run_model
+    from tests.reference import hf_last_logits
+
+    model = import_checkpoint(ckpt)
+    assert model.config.warnings == ()
+    t = max(map(len, PROMPTS))
+    tokens = np.array([p + [0] * (t - len(p)) for p in PROMPTS], np.int64)
+    lens = np.array([len(p) for p in PROMPTS], np.int64)
+    logits = run_model(model.module, model.weights(), tokens, lens, steps=steps)
+    hf = hf_model(ckpt)
+    for row, prompt in enumerate(PROMPTS):
+        seq = list(prompt)
+        for step in logits:
+            np.testing.assert_allclose(step[row], hf_last_logits(hf, seq), atol=1e-4, rtol=0)
+            seq.append(int(step[row].argmax()))
+
+
+@pytest.mark.parametrize("form", list(INTERPRETER_FORMS))
+def test_form_matches_transformers_in_the_interpreter(form, tmp_path):
+    model_type, overrides = INTERPRETER_FORMS[form]
+    _interpreter_vs_transformers(save_hf_model(tmp_path / "ckpt", model_type, seed=3, **overrides))
+
+
+def test_gpt2_with_and_without_prefix_import_the_same_weights(tmp_path):
+    """GPT2LMHeadModel saves `transformer.h.0...`, GPT2Model `h.0...`: the same IR and weights."""
+    from llmirc.dialect import print_module
+    from llmirc.frontend import import_checkpoint
+
+    lm = import_checkpoint(save_hf_model(tmp_path / "lm", "gpt2", seed=3))
+    base = import_checkpoint(save_hf_model(tmp_path / "base", "gpt2", seed=3, base_model=True))
+    assert print_module(lm.module).replace("GPT2LMHeadModel", "GPT2Model") == print_module(base.module)
+    a, b = lm.weights(), base.weights()
+    assert a.keys() == b.keys() and all(np.array_equal(a[n], b[n]) for n in a)
+
+
+def test_a_missing_tensor_is_named_as_the_checkpoint_names_it(tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    from llmirc.errors import CheckpointError
+    from llmirc.frontend import import_checkpoint
+
+    ckpt = save_hf_model(tmp_path / "ckpt", "falcon", seed=3)
+    tensors = load_file(ckpt / "model.safetensors")
+    save_file({k: v for k, v in tensors.items() if "h.1.self_attention.query_key_value" not in k},
+              ckpt / "model.safetensors")
+    with pytest.raises(CheckpointError, match="missing tensor 'transformer.h.1.self_attention.query_key_value.weight'"):
+        import_checkpoint(ckpt)
+
+
+@pytest.mark.parametrize("case", ["gpt2", "falcon", "falcon-multi-query"])
+def test_o3_pipeline_preserves_the_model_and_fuses_only_what_fits(case, tmp_path):
+    """The -O3 passes on the new blocks, in the interpreter: same outputs; a plain MLP's gelu
+    becomes its first linear's epilogue, no SwiGLU and no add_rms_norm (LayerNorm) appear."""
+    from llmirc.dialect import print_module
+    from llmirc.frontend import import_checkpoint
+    from llmirc.pipelines import WeightStore, pipeline_for_level
+    from tests.pipelines.equivalence import assert_pipeline_preserves
+
+    model_type, overrides = CASES[case]
+    model = import_checkpoint(save_hf_model(tmp_path / "ckpt", model_type, seed=3, **overrides))
+    names = ",".join(n if not o else f"{n}{{" + ",".join(f"{k}={v}" for k, v in o.items()) + "}"
+                     for n, o in pipeline_for_level(3, block_size=4))
+    after = print_module(assert_pipeline_preserves(model.module, WeightStore.from_arrays(model.weights()), names,
+                                                   atol=1e-4))
+    n = model.config.num_layers * 4  # layers x entry functions
+    assert after.count('activation = "gelu') == n and "swiglu" not in after and "add_rms_norm" not in after
+
+
+def _edited_copy(ckpt, dest, edit):
+    from safetensors.numpy import load_file, save_file
+
+    other = shutil.copytree(ckpt, dest)
+    tensors = load_file(other / "model.safetensors")
+    save_file(edit(tensors), other / "model.safetensors")
+    return other
+
+
+def _zero(fragment: str):
+    return lambda t: {k: (np.zeros_like(v) if fragment in k else v) for k, v in t.items()}
+
+
+def _share_ln_attn(t):
+    return t | {k: t[k.replace("ln_mlp", "ln_attn")] for k in t if "ln_mlp" in k}
+
+
+@pytest.mark.parametrize("case,block,edit", [
+    ("gpt2", "position embeddings (wpe)", _zero("wpe.")),
+    ("gpt2", "LayerNorm biases", lambda t: {k: (np.zeros_like(v) if ".ln_" in k and k.endswith("bias") else v)
+                                            for k, v in t.items()}),
+    ("falcon", "the MLP's own norm (ln_mlp)", _share_ln_attn),
+    ("falcon-multi-query", "linear biases", lambda t: {k: (np.zeros_like(v) if "dense" in k and k.endswith("bias")
+                                                           or "query_key_value.bias" in k else v)
+                                                       for k, v in t.items()}),
+])
+def test_a_missing_gpt2_or_falcon_block_changes_the_answer(case, block, edit, tmp_path):
+    """transformers on the same checkpoint with the block's tensors neutralised gives logits far
+    outside the comparison's 1e-3: so test_family_matches_transformers fails if we drop it."""
+    from tests.reference import hf_last_logits
+
+    model_type, overrides = CASES[case]
+    ckpt = save_hf_model(tmp_path / "ckpt", model_type, seed=11, **overrides)
+    with_block, without = hf_model(ckpt), hf_model(_edited_copy(ckpt, tmp_path / "edited", edit))
+    gap = max(np.abs(hf_last_logits(with_block, p) - hf_last_logits(without, p)).max() for p in PROMPTS)
+    assert gap > 1e-2, f"dropping the {block} moves the logits by only {gap}"

@@ -33,8 +33,8 @@ def _shard(d: Path) -> None:
 BREAKAGES = {
     "missing-config": (lambda d: (d / "config.json").unlink(), "missing config.json"),
     "bad-json": (lambda d: (d / "config.json").write_text("{not json"), "config.json: not valid JSON"),
-    "unsupported-arch": (lambda d: _edit_config(d, architectures=["GPT2LMHeadModel"]),
-                         "architecture 'GPT2LMHeadModel' is not supported"),
+    "unsupported-arch": (lambda d: _edit_config(d, architectures=["BertForMaskedLM"]),
+                         "architecture 'BertForMaskedLM' is not supported"),
     "missing-tensor": (lambda d: _rewrite_tensors(d, lambda t: {k: v for k, v in t.items()
                                                                    if "layers.1.mlp.up_proj" not in k}),
                        "missing tensor 'model.layers.1.mlp.up_proj.weight'"),
@@ -54,6 +54,8 @@ BREAKAGES = {
     "unknown-layer-type": (lambda d: _edit_config(d, layer_types=["full_attention", "chunked_attention"]),
                            "layer_types 'chunked_attention' is not supported"),
     "unsupported-act": (lambda d: _edit_config(d, hidden_act="relu2"), "hidden_act 'relu2' is not supported"),
+    "falcon-alibi": (lambda d: _edit_config(d, architectures=["FalconForCausalLM"], model_type="falcon", alibi=True),
+                     "alibi True (ALiBi attention biases) is not supported"),
     "bad-gqa": (lambda d: _edit_config(d, num_key_value_heads=3),
                 "num_attention_heads 4 is not a multiple of num_key_value_heads 3"),
 }

@@ -158,3 +158,64 @@ def test_inv_freq_and_attention_factor_match_transformers(checkpoint_copy, case)
     np.testing.assert_allclose(ours.inv_freq(), ref_inv, rtol=1e-6)
     assert ours.rope.attention_factor(ours.head_dim) == pytest.approx(ref_factor, rel=1e-7)
     assert ours.attention_scale() == pytest.approx(ours.head_dim ** -0.5 * ref_factor ** 2)
+
+
+# ---- GPT-2 and Falcon: their own keys ------------------------------------------------------
+
+def _family_config(d: Path, model_type: str, **changes) -> Path:
+    """config.json as the installed transformers writes it for a tiny `model_type` model (no
+    weights: load_config reads only the config)."""
+    from transformers import AutoConfig
+
+    from tests.hf_checkpoints import SMALL_BY_TYPE
+
+    cfg = AutoConfig.for_model(model_type, **SMALL_BY_TYPE[model_type])
+    cfg.architectures = [{"gpt2": "GPT2LMHeadModel", "falcon": "FalconForCausalLM"}[model_type]]
+    cfg.save_pretrained(d)
+    return _write(d, **changes)
+
+
+@pytest.mark.parametrize("model_type,changes,message", [
+    ("falcon", dict(alibi=True), "alibi True (ALiBi attention biases) is not supported"),
+    ("falcon", dict(apply_residual_connection_post_layernorm=True),
+     "apply_residual_connection_post_layernorm True is not supported"),
+    ("falcon", dict(new_decoder_architecture=True, parallel_attn=False),
+     "new_decoder_architecture with parallel_attn False and num_ln_in_parallel_attn"),
+    ("falcon", dict(new_decoder_architecture=False, num_ln_in_parallel_attn=2),
+     "num_ln_in_parallel_attn 2 without new_decoder_architecture is not supported"),
+    ("falcon", dict(new_decoder_architecture=False, multi_query=False, num_kv_heads=2),
+     "num_kv_heads 2 with multi_query and new_decoder_architecture false"),
+    ("falcon", dict(activation="relu"), "activation 'relu' is not supported"),
+    ("gpt2", dict(activation_function="relu"), "activation_function 'relu' is not supported"),
+    ("gpt2", dict(n_embd=_DROP), "missing required key 'n_embd'"),
+])
+def test_gpt2_and_falcon_refuse_what_they_do_not_implement_by_name(tmp_path, model_type, changes, message):
+    d = _family_config(tmp_path, model_type, **changes)
+    with pytest.raises(CheckpointError) as e:
+        load_config(d)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_gpt2_keys_are_read_with_transformers_defaults(tmp_path):
+    d = _family_config(tmp_path, "gpt2", n_inner=None, scale_attn_by_inverse_layer_idx=True)
+    c = load_config(d)
+    assert (c.hidden_size, c.num_heads, c.num_kv_heads, c.num_layers, c.intermediate_size) == (64, 4, 4, 2, 256)
+    assert (c.learned_positions, c.max_seq_len, c.norm, c.mlp, c.hidden_act) == (128, 128, "layer", "plain", "gelu_tanh")
+    assert c.tie_word_embeddings and c.warnings == ()
+    assert c.attention_scale(1) == pytest.approx(16 ** -0.5 / 2)
+    _write(d, tie_word_embeddings=_DROP, activation_function=_DROP, n_positions=_DROP)  # GPT2Config's defaults
+    c = load_config(d, max_seq_len=128)
+    assert c.tie_word_embeddings and c.hidden_act == "gelu_tanh" and c.learned_positions == 1024
+
+
+@pytest.mark.parametrize("changes,kv_heads,parallel,own_mlp_norm", [
+    (dict(new_decoder_architecture=True), 2, True, True),
+    (dict(new_decoder_architecture=True, num_ln_in_parallel_attn=1), 2, True, False),
+    (dict(new_decoder_architecture=False, multi_query=True), 1, True, False),
+    (dict(new_decoder_architecture=False, multi_query=False, num_kv_heads=4), 4, True, False),
+    (dict(new_decoder_architecture=False, parallel_attn=False), 1, False, False),
+])
+def test_falcon_layouts_select_their_blocks(tmp_path, changes, kv_heads, parallel, own_mlp_norm):
+    c = load_config(_family_config(tmp_path, "falcon", **changes))
+    assert (c.num_kv_heads, c.parallel_block, c.parallel_mlp_norm) == (kv_heads, parallel, own_mlp_norm)
+    assert c.hidden_act == "gelu" and c.learned_positions == 0 and c.warnings == ()
