@@ -274,6 +274,19 @@ def _all_reduce(a, x):
     return x.sum(0) if a["reduction"] == "sum" else x.max(0)
 
 
+@impl("device_all_reduce")
+def _device_all_reduce(a, xs):
+    out = xs[0]
+    for x in xs[1:]:  # left to right, the order every device uses
+        out = out + x if a["reduction"] == "sum" else np.maximum(out, x)
+    return out
+
+
+@impl("device_all_gather")
+def _device_all_gather(a, xs):
+    return np.concatenate(xs, axis=a["dim"])
+
+
 @impl("concat")
 def _concat(a, xs):
     return np.concatenate(xs, axis=a["axis"])

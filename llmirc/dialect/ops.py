@@ -417,6 +417,43 @@ register(OpSpec(
     attrs=(Attr("num_shards", "i64"), Attr("reduction", "str", "sum", choices=("sum", "max"))),
     infer=_all_reduce))
 
+
+# The per-device form that shard-tp emits: each device's ops are separate ops carrying a
+# discardable `llm.device = i` placement, so a collective is one op per receiving device whose
+# operands are the shards, operand i computed on device i (docs/parallel.md).
+
+def _device_shards(ts: Types) -> list[TensorT]:
+    xs = [tensor(t, f"input {i}") for i, t in enumerate(ts[0])]  # type: ignore[arg-type]
+    for i, x in enumerate(xs[1:], 1):
+        expect(x.rank == xs[0].rank and x.dtype == xs[0].dtype, f"input {i} ({x}) differs from {xs[0]}")
+    return xs
+
+
+def _device_all_reduce(ts: Types, attrs: Attrs):
+    xs = _device_shards(ts)
+    for i, x in enumerate(xs[1:], 1):
+        expect(all(dims_match(a, b) for a, b in zip(x.shape, xs[0].shape)),
+               f"input {i} shape {x.shape} != {xs[0].shape}")
+    return (xs[0],)
+
+
+register(OpSpec(
+    "device_all_reduce", "One device's result of an all-reduce over per-device partials: the "
+    "elementwise sum (or max) of `inputs` in operand order, input i from device i. Every device "
+    "runs one over the same inputs in the same order, so the replicas are bitwise equal.",
+    operands=(Operand("inputs", variadic=True),),
+    attrs=(Attr("reduction", "str", "sum", choices=("sum", "max")),), infer=_device_all_reduce))
+
+
+def _device_all_gather(ts: Types, attrs: Attrs):
+    return _concat(ts, {"axis": attrs["dim"]})
+
+
+register(OpSpec(
+    "device_all_gather", "One device's result of an all-gather: `inputs` (input i from device i) "
+    "concatenated along `dim`.",
+    operands=(Operand("inputs", variadic=True),), attrs=(Attr("dim", "i64"),), infer=_device_all_gather))
+
 __all__ = ["REQUIRED"]
 
 

@@ -24,7 +24,7 @@ def precision_passes(quantize: QuantConfig | None = None, dtype: str = "f32") ->
 
 
 def pipeline_for_level(level: int, block_size: int = 16, quantize: QuantConfig | None = None,
-                       dtype: str = "f32") -> list[PassSpec]:
+                       dtype: str = "f32", tp: int = 1) -> list[PassSpec]:
     if level not in LEVELS:
         raise ValueError(f"optimization level must be 0..3, got {level}")
     # Phase 1. What the runtime ABI requires: one page pool, block tables (PagedAttention).
@@ -39,5 +39,9 @@ def pipeline_for_level(level: int, block_size: int = 16, quantize: QuantConfig |
     # Phase 4. Weight precision, when asked for: after fold-weights, so fused q/k/v and gate/up
     # weights are quantized whole; embeddings and lm_head stay float unless `keep` says otherwise.
     passes += precision_passes(quantize, dtype)
+    if tp > 1:
+        # Phase 4b. Tensor parallelism: last, so it splits the fused weights whole, part by part
+        # (docs/parallel.md); tp=1 adds nothing.
+        passes.append(("shard-tp", {"tp": tp}))
     # Phase 5 (-O3) is target-tuned iree-compile flags, chosen in llmirc/targets/.
     return passes

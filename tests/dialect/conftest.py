@@ -177,6 +177,8 @@ def build_all_ops_module() -> ir.Module:
             b.sharded_linear(x, lw, shard_dim=0, num_shards=2, loc="sharded_linear")
             b.all_gather(shards, dim=1, num_shards=2, loc="all_gather")
             b.all_reduce(shards, num_shards=2, reduction="max", loc="all_reduce")
+            b.device_all_reduce(x, x, loc="device_all_reduce")
+            b.device_all_gather(x, x, dim=2, loc="device_all_gather")
             cat = b.concat(lw, lw, axis=0, loc="concat")
             b.slice(cat, axis=0, start=16, size=16, loc="slice")
             b.fused_linear(x, cat, activation="swiglu", loc="fused_linear_swiglu")

@@ -11,29 +11,38 @@ from llmirc.dialect.types import KVCacheT, PagedKVCacheT, from_mlir
 from llmirc.pipelines import PassManager, WeightStore, parse_pipeline
 
 
-def _state(module, batch: int, rng):
-    """Initial cache / pool + block tables for the module's signature."""
+def _caches(module) -> list:
+    """Types of decode's trailing cache arguments: one, or one per device after shard-tp."""
     args = functions(module)["decode"].regions[0].blocks[0].arguments
-    t = from_mlir(args[-1].type)
-    if isinstance(t, KVCacheT):
-        return [empty_kv_cache(t, batch)]
-    assert isinstance(t, PagedKVCacheT)
-    per_row = -(-64 // t.block_size)
+    types = [from_mlir(a.type) for a in args]
+    first = next(i for i, t in enumerate(types) if isinstance(t, (KVCacheT, PagedKVCacheT)))
+    return types[first:]
+
+
+def _state(module, batch: int, rng):
+    """Initial caches / pools + block tables for the module's signature (the tables are shared
+    by every device's pool)."""
+    caches = _caches(module)
+    if isinstance(caches[0], KVCacheT):
+        return [empty_kv_cache(t, batch) for t in caches]
+    assert all(isinstance(t, PagedKVCacheT) for t in caches)
+    per_row = -(-64 // caches[0].block_size)
     bt = rng.permutation(np.arange(1, batch * per_row + 1)).reshape(batch, per_row)
-    return [bt.astype(np.int64), empty_page_pool(t, batch * per_row + 1)]
+    return [bt.astype(np.int64)] + [empty_page_pool(t, batch * per_row + 1) for t in caches]
 
 
 def run_model(module, weights, tokens, lens, steps: int = 3, seed: int = 0):
     """Logits of prefill then `steps` greedy decode steps."""
     rng = np.random.default_rng(seed)
     state = _state(module, len(lens), rng)
+    k = len(_caches(module))
     out, *rest = run_function(module, "prefill", [tokens, lens, *state], weights)
-    state[-1] = rest[-1]
+    state[-k:] = rest[-k:]
     logits, positions = [out], lens.copy()
     for _ in range(steps):
         nxt = out.argmax(-1).astype(np.int64)
         out, *rest = run_function(module, "decode", [nxt, positions, *state], weights)
-        state[-1] = rest[-1]
+        state[-k:] = rest[-k:]
         logits.append(out)
         positions = positions + 1
     return logits
