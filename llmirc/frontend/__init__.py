@@ -10,24 +10,31 @@ import numpy as np
 from iree.compiler import ir
 
 from ..dialect.context import weight_names
+from ..errors import CheckpointError
 from . import prequantized
-from .checkpoint import Checkpoint
+from .checkpoint import TOKENIZER_FILES, Checkpoint, WeightSource
 from .config import LlamaConfig, ModelConfig, load_config
 from .decoder import build_decoder, cache_type, weight_shapes
 from .families import FAMILIES
 from .layout import laid_out
 from .prequantized import PrequantizedLayout
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
-                   "generation_config.json")
-
 
 @dataclass
 class ImportedModel:
     config: ModelConfig
-    checkpoint: Checkpoint
+    source: WeightSource  # safetensors directory (GPTQ/AWQ included) or GGUF file
     module: ir.Module
-    prequantized: PrequantizedLayout | None = None  # GPTQ/AWQ linears, unpacked by weight_store()
+
+    @property
+    def checkpoint(self) -> WeightSource:
+        """The weight source (the name before GGUF import; a Checkpoint for safetensors)."""
+        return self.source
+
+    @property
+    def prequantized(self) -> PrequantizedLayout | None:
+        """A GPTQ/AWQ checkpoint's layout (None for any other source)."""
+        return getattr(self.source, "prequantized", None)
 
     @cached_property
     def shapes(self) -> dict[str, tuple[int, ...]]:
@@ -39,55 +46,84 @@ class ImportedModel:
         the family's transform applied."""
         family = FAMILIES[self.config.architecture]
         part = fused_part(name, family, self.shapes)
-        value = self.checkpoint.load(name) if part is None else \
-            np.ascontiguousarray(self.checkpoint.load(part[0])[part[1]:part[2]])
+        value = self.source.load(name) if part is None else \
+            np.ascontiguousarray(self.source.load(part[0])[part[1]:part[2]])
         return value if family.tensor_transform is None else family.tensor_transform(name, value)
 
     def weights(self) -> dict[str, np.ndarray]:
         """Every referenced tensor (float ones as f32; loaded now; shapes were checked at import)."""
-        if self.prequantized is None:
+        if not self.source.quantized:
             return {n: self.load(n) for n in self.shapes}
         store = self.weight_store()
         return {n: store[n] for n in weight_names(self.module)}
 
     def weight_store(self):
-        """A WeightStore over the checkpoint (tensors load when first asked for)."""
+        """A WeightStore over the checkpoint (tensors load when first asked for); a linear the
+        source stores quantized is three derived tensors, unpacked once when first asked for."""
         from ..pipelines.weights import WeightStore
 
-        quantized = self.prequantized.linears if self.prequantized else {}
+        quantized = self.source.quantized
         store = WeightStore(self.load, [n for n in self.shapes if n not in quantized])
-        if self.prequantized:
-            self.prequantized.register(store, self.checkpoint)
+        for q in quantized.values():
+            parts: dict[int, np.ndarray] = {}
+
+            def part(i: int, q=q, parts=parts) -> np.ndarray:
+                if i not in parts:
+                    parts.update(enumerate(self.source.load_quantized(q)))
+                return parts.pop(i)  # the store caches what it asked for; keep nothing twice
+
+            for i, name in enumerate(q.names):
+                store.derive(name, lambda i=i, part=part: part(i))
         return store
 
     def tokenizer_files(self) -> list[Path]:
-        return [p for p in (self.checkpoint.directory / n for n in TOKENIZER_FILES) if p.is_file()]
+        return self.source.tokenizer_files()
 
 
-def import_checkpoint(directory: str | Path, max_seq_len: int | None = None,
+def import_checkpoint(path: str | Path, max_seq_len: int | None = None,
                       ctx: ir.Context | None = None) -> ImportedModel:
     """Validate a checkpoint (config, every tensor's presence and shape) and build its IR.
 
-    Raises CheckpointError with one line naming the file/tensor on any problem.
+    `path` is a Hugging Face checkpoint directory or a GGUF file (`*.gguf`, or any file that
+    starts with GGUF's magic). Raises CheckpointError with one line naming the file/tensor on
+    any problem.
     """
-    directory = Path(directory)
-    config = load_config(directory, max_seq_len)
-    ckpt = Checkpoint(directory)
+    path = Path(path)
+    if path.suffix.lower() == ".gguf" and not path.is_file():
+        raise CheckpointError(f"{path}: GGUF file does not exist")
+    if path.is_file() and is_gguf(path):
+        from .gguf import open_gguf
+
+        config, source = open_gguf(path, max_seq_len)
+    else:
+        config = load_config(path, max_seq_len)
+        source = Checkpoint(path)
+        source.prequantized = prequantized.detect(config, source, weight_shapes(config))  # checked there
     shapes = weight_shapes(config)
-    layout = prequantized.detect(config, ckpt, shapes)  # GPTQ/AWQ tensors, checked there
-    quantized = layout.linears if layout else {}
+    quantized = source.quantized
     family = FAMILIES[config.architecture]
-    ckpt = laid_out(config, family, ckpt, shapes)  # GPT-2, Falcon: their tensors under the IR's names
+    source = laid_out(config, family, source, shapes)  # GPT-2, Falcon: their tensors under the IR's names
     for name, shape in shapes.items():
         if name in quantized:
             continue
         part = fused_part(name, family, shapes)
         if part is None:
-            ckpt.info(name, shape)
+            source.info(name, shape)
         elif part[1] == 0:  # check a fused tensor once, at its first part
             rows = sum(shapes[n][0] for n in fused_names(part[0], family))
-            ckpt.info(part[0], (rows,) + tuple(shape[1:]))
-    return ImportedModel(config, ckpt, build_decoder(config, ctx, quantized), layout)
+            source.info(part[0], (rows,) + tuple(shape[1:]))
+    return ImportedModel(config, source, build_decoder(config, ctx, dict(quantized)))
+
+
+def is_gguf(path: Path) -> bool:
+    """A .gguf name, or GGUF's 4-byte magic at the start (a renamed file is still read as one)."""
+    if path.suffix.lower() == ".gguf":
+        return True
+    try:
+        with path.open("rb") as f:
+            return f.read(4) == b"GGUF"
+    except OSError:
+        return False
 
 
 def fused_names(fused: str, family) -> list[str]:
@@ -112,5 +148,5 @@ def fused_part(name: str, family, shapes: dict[str, tuple[int, ...]]) -> tuple[s
     return None
 
 
-__all__ = ["Checkpoint", "ImportedModel", "LlamaConfig", "ModelConfig", "build_decoder", "cache_type", "import_checkpoint",
-           "load_config", "weight_shapes"]
+__all__ = ["Checkpoint", "ImportedModel", "LlamaConfig", "ModelConfig", "TOKENIZER_FILES", "WeightSource",
+           "build_decoder", "cache_type", "import_checkpoint", "load_config", "weight_shapes"]

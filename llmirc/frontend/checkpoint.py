@@ -1,4 +1,12 @@
-"""Tensors of a Hugging Face checkpoint: model.safetensors or sharded with an index.
+"""Tensors of a Hugging Face checkpoint: model.safetensors or sharded with an index; and the
+`WeightSource` protocol every checkpoint format is read through.
+
+The importer (frontend/__init__.py) and the one decoder builder see a checkpoint only as a
+WeightSource: tensor names in the Hugging Face naming with their shapes and dtypes, one tensor
+loaded at a time as float, and optionally linears that the file already stores quantized
+(GPTQ/AWQ here, GGUF's Q8_0/Q4_0 in gguf.py), handed over as the dialect's integers. So a new
+format is one class, and the shape checks, family transforms and fused-tensor rules apply to
+every format alike.
 
 We read safetensors headers ourselves (8-byte length + JSON) and memory-map the
 data instead of calling `safetensors.numpy`, because numpy has no bfloat16 and
@@ -11,12 +19,20 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 
 from ..errors import CheckpointError
+
+if TYPE_CHECKING:
+    from .prequantized import PrequantizedLayout, QuantizedLinear
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+                   "generation_config.json")
 
 _DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.uint16,
            "I64": np.int64, "I32": np.int32, "I16": np.int16, "I8": np.int8, "U8": np.uint8,
@@ -27,7 +43,7 @@ _DTYPES = {"F64": np.float64, "F32": np.float32, "F16": np.float16, "BF16": np.u
 class TensorInfo:
     name: str
     file: Path
-    dtype: str  # safetensors dtype name, e.g. "BF16"
+    dtype: str  # the format's dtype name: safetensors "BF16", GGUF "Q8_0", ...
     shape: tuple[int, ...]
     offset: int  # absolute byte offset in the file
     nbytes: int
@@ -63,12 +79,45 @@ def _read_header(path: Path) -> dict[str, TensorInfo]:
     return out
 
 
+Unpacked = tuple[np.ndarray, np.ndarray, np.ndarray]  # values i8 [N, K], scales f32 [N, G], zeros i8 [N, G]
+
+
+class WeightSource(Protocol):
+    """What the importer reads a checkpoint through, whatever its format.
+
+    `tensors` names every tensor (Hugging Face names: `model.layers.0.self_attn.q_proj.weight`)
+    with its shape and dtype; `info` looks one up and checks its shape, raising a one-line
+    CheckpointError that names the file; `load` reads one as float (or `dtype`), exactly.
+    `quantized` lists the linears (by the float weight name they replace) that the file stores
+    as integers, and `load_quantized` gives one of them as the dialect's group-quantized
+    values/scales/zeros, so they are compiled without ever being dequantized.
+    """
+
+    where: Path  # the directory or file error lines name
+    tensors: Mapping[str, TensorInfo]
+
+    def info(self, name: str, expected_shape: tuple[int, ...] | None = None) -> TensorInfo: ...
+
+    def load(self, name: str, dtype=np.float32) -> np.ndarray: ...
+
+    @property
+    def quantized(self) -> Mapping[str, QuantizedLinear]: ...
+
+    def load_quantized(self, q: QuantizedLinear) -> Unpacked: ...
+
+    def tokenizer_files(self) -> list[Path]: ...
+
+
 class Checkpoint:
-    """Index of the tensors of a checkpoint directory; loads them on demand as f32/int."""
+    """Index of the tensors of a checkpoint directory; loads them on demand as f32/int.
+    A WeightSource; with a GPTQ/AWQ layout attached (`prequantized`, set by the importer
+    from config.json's quantization_config) its quantized linears too."""
 
     def __init__(self, directory: Path):
         self.directory = Path(directory)
+        self.where = self.directory
         self.tensors: dict[str, TensorInfo] = {}
+        self.prequantized: PrequantizedLayout | None = None
         index = self.directory / "model.safetensors.index.json"
         single = self.directory / "model.safetensors"
         if index.is_file():
@@ -112,3 +161,15 @@ class Checkpoint:
         if t.dtype == "BF16":
             raw = (raw.astype(np.uint32) << 16).view(np.float32)
         return np.ascontiguousarray(raw, dtype=dtype)
+
+    @property
+    def quantized(self) -> Mapping[str, QuantizedLinear]:
+        return self.prequantized.linears if self.prequantized else {}
+
+    def load_quantized(self, q: QuantizedLinear) -> Unpacked:
+        assert self.prequantized is not None, q.prefix
+        return self.prequantized.unpack(self, q)
+
+    def tokenizer_files(self) -> list[Path]:
+        """The Hugging Face tokenizer files the directory has (copied into the artifact)."""
+        return [p for p in (self.directory / n for n in TOKENIZER_FILES) if p.is_file()]

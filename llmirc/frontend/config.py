@@ -135,6 +135,12 @@ def load_config(checkpoint_dir: Path, max_seq_len: int | None = None) -> ModelCo
         cfg = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+    return config_from_dict(cfg, path, max_seq_len)
+
+
+def config_from_dict(cfg: dict, path: Path | str, max_seq_len: int | None = None) -> ModelConfig:
+    """The ModelConfig of a config.json-shaped dict; `path` is what error lines name (a GGUF
+    file's metadata is mapped onto this dict, so both formats share every rule here)."""
     archs = cfg.get("architectures") or [cfg.get("model_type", "?")]
     arch = archs[0]
     family = family_for(arch, str(path))

@@ -102,19 +102,6 @@ class PrequantizedLayout:
                                   "only groups of consecutive in-features are supported: re-quantize with "
                                   "desc_act=False")
 
-    def register(self, store, ckpt: Checkpoint) -> None:
-        """Derive each linear's three tensors in `store` (computed when first asked for)."""
-        for q in self.linears.values():
-            parts: dict[int, np.ndarray] = {}
-
-            def part(i: int, q=q, parts=parts) -> np.ndarray:
-                if i not in parts:
-                    parts.update(enumerate(self.unpack(ckpt, q)))
-                return parts.pop(i)
-
-            for i, name in enumerate(q.names):
-                store.derive(name, lambda i=i, part=part: part(i))
-
 
 def unpack_rows(packed: np.ndarray, bits: int) -> np.ndarray:
     """int32 [R, C] holding 32/bits values along the rows -> [R * 32/bits, C], unsigned."""
