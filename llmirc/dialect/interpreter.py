@@ -218,6 +218,38 @@ def _argmax(a, x):
     return np.argmax(x, axis=-1).astype(np.int64)
 
 
+@impl("moe_router")
+def _moe_router(a, x, w):
+    """Mixtral's MixtralTopKRouter: softmax in f32, top-k (a stable sort: ties to the lower
+    expert), the chosen probabilities renormalised to sum 1 when `normalize`."""
+    p = _softmax((x @ w.T).astype(np.float32))
+    idx = np.argsort(-p, axis=-1, kind="stable")[..., : a["top_k"]]
+    top = np.take_along_axis(p, idx, axis=-1)
+    if a["normalize"]:
+        top = top / top.sum(-1, keepdims=True)
+    return top.astype(np.float32), idx.astype(np.int64)
+
+
+def _gate_activation(name: str, x: Array) -> Array:
+    if name == "silu":
+        return _silu({}, x)
+    return _gelu({"approximate": "tanh" if name == "gelu_tanh" else "none"}, x)
+
+
+@impl("moe_ffn")
+def _moe_ffn(a, x, weights, indices, gate_up, down):
+    """Per token and routed slot j: the expert's gated MLP on the token, times weights[..., j]."""
+    h, n = x.shape[-1], down.shape[-1]
+    xs = x.reshape(-1, h)
+    ws, ids = weights.reshape(len(xs), -1), indices.reshape(len(xs), -1)
+    out = np.zeros_like(xs)
+    for j in range(ids.shape[1]):
+        gu = np.einsum("tok,tk->to", gate_up[ids[:, j]], xs)  # [tokens, 2 x inter]
+        act = _gate_activation(a["activation"], gu[:, :n]) * gu[:, n:]
+        out += ws[:, j: j + 1] * np.einsum("thi,ti->th", down[ids[:, j]], act)
+    return out.reshape(x.shape).astype(np.float32)
+
+
 def _qrange(bits: int, symmetric: bool) -> tuple[int, int]:
     """Integer range of a quantized value; asymmetric int4 is unsigned (0..15)."""
     if symmetric or bits == 8:
@@ -253,6 +285,21 @@ def _dequantize(a, q, scales, zeros=None):
 @impl("quantized_matmul")
 def _quantized_matmul(a, x, q, scales, zeros=None):
     return x @ _dequantize(a, q, scales, zeros).T
+
+
+def _dequantize_experts(bits: int, group_size: int, q: Array, scales: Array, zeros: Array | None) -> Array:
+    """[E, N, K] expert weights: each expert's [N, K] matrix dequantized as `dequantize` does."""
+    e, n, k = q.shape
+    flat = _dequantize({"bits": bits, "group_size": group_size}, q.reshape(e * n, k), scales.reshape(e * n, -1),
+                       None if zeros is None else zeros.reshape(e * n, -1))
+    return flat.reshape(e, n, k)
+
+
+@impl("quantized_moe_ffn")
+def _quantized_moe_ffn(a, x, weights, indices, gq, gs, dq, ds, gz=None, dz=None):
+    gate_up = _dequantize_experts(a["bits"], a["gate_up_group_size"], gq, gs, gz)
+    down = _dequantize_experts(a["bits"], a["down_group_size"], dq, ds, dz)
+    return _moe_ffn(a, x, weights, indices, gate_up, down)
 
 
 @impl("sharded_linear")

@@ -308,6 +308,65 @@ register(OpSpec("argmax", "Index of the largest value along the last dim (first 
                 operands=(Operand("input", "float"),), infer=_argmax))
 
 
+# ---- mixture of experts ----------------------------------------------------------------
+
+# Expert FFN activations: the gate activation of each expert's gated MLP, act(gate) * up.
+MOE_ACTIVATIONS = ("silu", "gelu", "gelu_tanh")
+
+
+def _moe_router(ts: Types, attrs: Attrs):
+    x, w = _float(ts[0], "input"), _float(ts[1], "weight")
+    _last_dim(x, w.shape[1], "input vs router weight [experts, hidden]")
+    k, e = attrs["top_k"], w.shape[0]
+    expect(1 <= k and (e is None or k <= e), f"top_k {k} must be in [1, experts={e}]")
+    lead = x.shape[:-1] + (k,)
+    return (TensorT(lead, x.dtype), TensorT(lead, "i64"))
+
+
+register(OpSpec(
+    "moe_router", "Top-k routing of each token over the experts: p = softmax(input @ weight^T) "
+    "[..., experts] in f32, `indices` the top_k experts by p, largest first (ties: lower index "
+    "first), `weights` their p, divided by their sum when `normalize` (Mixtral). Not a `linear`, "
+    "so no pass fuses or quantizes the router: a routing decision is discontinuous.",
+    operands=(Operand("input", "float"), Operand("weight", "float", 2)),
+    attrs=(Attr("top_k", "i64"), Attr("normalize", "bool", True)),
+    results=("weights", "indices"), infer=_moe_router))
+
+
+def _check_routing(x: TensorT, w: TensorT, idx: TensorT) -> None:
+    expect(w.rank == x.rank and idx.rank == x.rank, f"routing weights {w} and indices {idx} must be "
+           f"[..., top_k] over the input's leading dims {x.shape[:-1]}")
+    expect(all(dims_match(a, b) for a, b in zip(w.shape, idx.shape)), f"routing weights {w.shape} and "
+           f"indices {idx.shape} differ")
+    expect(all(dims_match(a, b) for a, b in zip(w.shape[:-1], x.shape[:-1])),
+           f"routing {w.shape} does not fit the input {x.shape}")
+
+
+def _check_experts(x: TensorT, gate_up: tuple, down: tuple) -> None:
+    """gate_up [E, 2I, H] and down [E, H, I] (shapes) against the input [..., H]."""
+    expect(gate_up[0] == down[0], f"gate_up has {gate_up[0]} experts, down {down[0]}")
+    expect(gate_up[2] == down[1], f"gate_up in-features {gate_up[2]} != down out-features {down[1]}")
+    expect(gate_up[1] == 2 * down[2], f"gate_up rows {gate_up[1]} != 2 x down in-features {down[2]}")
+    _last_dim(x, gate_up[2], "input vs expert hidden size")
+
+
+def _moe_ffn(ts: Types, attrs: Attrs):
+    x, w, idx = _float(ts[0], "input"), _float(ts[1], "weights"), _int(ts[2], "indices")
+    gu, down = _float(ts[3], "gate_up"), _float(ts[4], "down")
+    _check_routing(x, w, idx)
+    _check_experts(x, gu.shape, down.shape)
+    return (x,)
+
+
+register(OpSpec(
+    "moe_ffn", "Sum over the k routed experts of weights[..., j] * FFN_e(input), e = indices[..., j]: "
+    "FFN_e(x) = down[e] @ (act(g) * u), [g; u] = gate_up[e] @ x (gate rows first). gate_up is "
+    "[experts, 2 x inter, hidden], down [experts, hidden, inter], as transformers 5 stores them.",
+    operands=(Operand("input", "float"), Operand("weights", "float"), Operand("indices", "int"),
+              Operand("gate_up", "float", 3), Operand("down", "float", 3)),
+    attrs=(Attr("activation", "str", "silu", choices=MOE_ACTIVATIONS),), infer=_moe_ffn))
+
+
 # ---- quantization ----------------------------------------------------------------------
 
 _QATTRS = (Attr("bits", "i64", 8, choices=(4, 8)), Attr("group_size", "i64", 128))
@@ -369,6 +428,42 @@ register(OpSpec(
     operands=(Operand("input", "float"), Operand("values", "int", 2), Operand("scales", "float", 2),
               Operand("zero_points", "int", 2, optional=True)),
     attrs=_QATTRS, infer=_quantized_matmul))
+
+
+def _check_q3(q: TensorT, scales: TensorT, zeros: LlmType | None, group_size: int, what: str) -> None:
+    expect(q.rank == 3 and scales.rank == 3, f"{what} values and scales must be [experts, out, ...]")
+    g = _groups(q.shape[2], group_size)
+    expect(scales.shape == (q.shape[0], q.shape[1], g), f"{what} scales must be "
+           f"[{q.shape[0]}, {q.shape[1]}, {g}], got {scales.shape}")
+    if zeros is not None:
+        expect(tensor(zeros, f"{what} zero_points").shape == scales.shape, f"{what} zero_points must match scales")
+
+
+def _quantized_moe_ffn(ts: Types, attrs: Attrs):
+    x, w, idx = _float(ts[0], "input"), _float(ts[1], "weights"), _int(ts[2], "indices")
+    gq, gs, dq, ds = _int(ts[3], "gate_up_values"), _float(ts[4], "gate_up_scales"), \
+        _int(ts[5], "down_values"), _float(ts[6], "down_scales")
+    gz, dz = (ts[i] if len(ts) > i else None for i in (7, 8))
+    expect((gz is None) == (dz is None), "gate_up and down zero points must both be given or both absent")
+    _check_routing(x, w, idx)
+    _check_q3(gq, gs, gz, attrs["gate_up_group_size"], "gate_up")
+    _check_q3(dq, ds, dz, attrs["down_group_size"], "down")
+    _check_experts(x, gq.shape, dq.shape)
+    return (x,)
+
+
+register(OpSpec(
+    "quantized_moe_ffn", "moe_ffn with group-quantized expert weights: gate_up and down are "
+    "dequantize(values, scales, zero_points) per expert (groups along each row's in-features, as "
+    "`dequantize`), never dequantized as whole matrices.",
+    operands=(Operand("input", "float"), Operand("weights", "float"), Operand("indices", "int"),
+              Operand("gate_up_values", "int", 3), Operand("gate_up_scales", "float", 3),
+              Operand("down_values", "int", 3), Operand("down_scales", "float", 3),
+              Operand("gate_up_zero_points", "int", 3, optional=True),
+              Operand("down_zero_points", "int", 3, optional=True)),
+    attrs=(Attr("bits", "i64", 8, choices=(4, 8)), Attr("gate_up_group_size", "i64"),
+           Attr("down_group_size", "i64"), Attr("activation", "str", "silu", choices=MOE_ACTIVATIONS)),
+    infer=_quantized_moe_ffn))
 
 
 # ---- tensor parallelism ----------------------------------------------------------------

@@ -53,6 +53,9 @@ class ModelConfig:
     parallel_mlp_norm: bool = False  # in a parallel block the MLP norms the input itself (Falcon's ln_mlp)
     scale_attn_weights: bool = True  # q.k scaled by 1/sqrt(head_dim) (GPT-2 can turn it off)
     attn_scale_by_layer: bool = False  # and by 1 / (layer + 1) (GPT-2 scale_attn_by_inverse_layer_idx)
+    num_experts: int = 0           # > 0: a sparse mixture-of-experts MLP of this many experts (Mixtral)
+    experts_per_token: int = 0     # the top-k experts each token is routed to
+    router_normalize: bool = True  # the k routing weights renormalised to sum 1 (Mixtral always does)
     family: str = "llama"
     hidden_act: str = "silu"
     bos_token_id: int | None = None

@@ -46,8 +46,13 @@ def weight_shapes(c: ModelConfig) -> dict[str, tuple[int, ...]]:
         }
         if not c.parallel_block:  # a parallel block's MLP reads the block input (its own norm or the first)
             shapes |= _norm_shapes(c, p + "post_attention_layernorm", h)
-        shapes |= {p + f"mlp.{n}_proj.weight": (c.intermediate_size, h) for n in mlp_in}
-        shapes[p + "mlp.down_proj.weight"] = (h, c.intermediate_size)
+        if c.num_experts:  # router [E, H]; experts stacked as transformers 5 holds them
+            shapes |= {p + "mlp.gate.weight": (c.num_experts, h),
+                       p + "mlp.experts.gate_up_proj": (c.num_experts, 2 * c.intermediate_size, h),
+                       p + "mlp.experts.down_proj": (c.num_experts, h, c.intermediate_size)}
+        else:
+            shapes |= {p + f"mlp.{n}_proj.weight": (c.intermediate_size, h) for n in mlp_in}
+            shapes[p + "mlp.down_proj.weight"] = (h, c.intermediate_size)
         if c.qkv_bias:
             shapes |= {p + f"self_attn.{n}_proj.bias": (k,) for n, k in
                        (("q", c.num_heads * d), ("k", c.num_kv_heads * d), ("v", c.num_kv_heads * d))}
@@ -119,10 +124,21 @@ class _DecoderBuilder:
     def mlp(self, x: ir.Value, i: int) -> ir.Value:
         """Gated: down(act(gate(x)) * up(x)); plain (GPT-2, Falcon): down(act(up(x)))."""
         b, p, bias = self.b, f"model.layers.{i}.mlp", self.c.mlp_bias
+        if self.c.num_experts:
+            return self.moe(x, p)
         if self.c.mlp == "plain":
             return self.linear(self.act(self.linear(x, p + ".up_proj", bias)), p + ".down_proj", bias)
         gate = self.act(self.linear(x, p + ".gate_proj", bias))
         return self.linear(b.mul(gate, self.linear(x, p + ".up_proj", bias)), p + ".down_proj", bias)
+
+    def moe(self, x: ir.Value, p: str) -> ir.Value:
+        """Mixtral's sparse MoE block: each token's top-k experts (router: softmax, top-k,
+        renormalised) and the weighted sum of their gated MLPs."""
+        c, b = self.c, self.b
+        weights, indices = b.moe_router(x, self.w(p + ".gate.weight"), top_k=c.experts_per_token,
+                                        normalize=c.router_normalize, loc=p + ".gate")
+        return b.moe_ffn(x, weights, indices, self.w(p + ".experts.gate_up_proj"), self.w(p + ".experts.down_proj"),
+                         activation=c.hidden_act, loc=p + ".experts")
 
     def body(self, tokens: ir.Value, pos: ir.Value, cache: ir.Value) -> tuple[ir.Value, ir.Value]:
         """Decoder layers over tokens [B, T]; returns hidden [B, T, H] and the cache."""

@@ -28,6 +28,7 @@ from ..dialect.spec import SpecError, lookup
 from ..dialect.types import KVCacheT, PagedKVCacheT, TensorT, from_mlir
 from . import fused as _fused  # noqa: F401  (registers the lowerings of fusion ops)
 from . import kv as _kv  # noqa: F401  (registers the paged-KV lowerings)
+from . import moe as _moe  # noqa: F401  (registers the mixture-of-experts lowerings)
 from .quantized import stored_transposed
 from .emitter import TV, Emitter, string_literal, symbol_ref, tensor_type
 from .kv import STRATEGIES

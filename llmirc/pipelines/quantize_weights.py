@@ -10,6 +10,11 @@ after the matmul (the lowering's elementwise epilogues, which IREE fuses back in
 dispatch). Why: decode reads every weight once per token; int8 reads 1/4 and int4 1/8 of f32's
 bytes. The integers come from the interpreter's `llm.quantize` (one definition of the math).
 
+The experts of a mixture-of-experts FFN (`llm.moe_ffn` on stacked [experts, out, in] weights)
+become `llm.quantized_moe_ffn` on the same derived tensors, one [out, in] matrix per expert
+quantized as a linear's weight; the router (`llm.moe_router`) stays float, since a routing
+decision is discontinuous in its logits.
+
 Group size: `group_size` when it divides the in-features, else the largest divisor of the
 in-features below it, if at least MIN_GROUP; otherwise the layer keeps its float weight, as does
 an int4 layer with odd in-features or out-features not a multiple of 8 (docs/quantization.md).
@@ -145,4 +150,54 @@ def quantize_weights(module: ir.Module, weights, bits: int, group_size: int, sym
             y = _activation(b, y, attrs_of(op)["activation"], op.location)
         return y
 
-    apply_patterns(module, {"linear": [rewrite], "fused_linear": [rewrite]})
+    def rewrite_experts(op: ir.Operation) -> ir.Value | None:
+        return _quantize_experts(op, weights, bits, group_size, symmetric, kept)
+
+    apply_patterns(module, {"linear": [rewrite], "fused_linear": [rewrite], "moe_ffn": [rewrite_experts]})
+
+
+def _derive_experts(weights, name: str, attrs: dict, names: tuple[str, str, str]) -> None:
+    """`_derive` for stacked expert weights [E, N, K]: each expert's [N, K] matrix quantized as a
+    linear's weight is (llm.quantize on the [E x N, K] rows), the results shaped [E, N, ...]."""
+    parts: dict[int, object] = {}
+
+    def part(i: int):
+        if i not in parts:
+            w = weights[name]
+            e, n, k = w.shape
+            out = IMPLS["quantize"](attrs, w.reshape(e * n, k))
+            parts.update((j, a.reshape(e, n, -1)) for j, a in enumerate(out))
+        return parts.pop(i)
+
+    for i, n in enumerate(names):
+        weights.derive(n, lambda i=i: part(i))
+
+
+def _quantize_experts(op: ir.Operation, weights, bits: int, group_size: int, symmetric: bool,
+                      kept: list[str]) -> ir.Value | None:
+    """moe_ffn on stacked expert weights -> quantized_moe_ffn (both weights, or neither: the op
+    takes one scheme), with the group-size rule of linears applied to each weight's in-features."""
+    x, routing, indices, gate_up, down = operands_of(op)
+    sources = [producer(v, "weight") for v in (gate_up, down)]
+    if any(s is None for s in sources):
+        return None
+    names = [attrs_of(s)["name"] for s in sources]
+    if any(k in n or k in location_name(op.location) for n in names for k in kept):
+        return None
+    shapes = [from_mlir(v.type).shape for v in (gate_up, down)]
+    groups = [choose_group_size(shape[2], group_size, bits) for shape in shapes]
+    if None in groups or (bits == 4 and any(shape[1] % INT4_OUT_MULTIPLE for shape in shapes)):
+        return None
+    b = Builder(ir.InsertionPoint(op))
+    values: list[ir.Value] = []
+    zeros: list[ir.Value | None] = []
+    for name, (e, n, k), g in zip(names, shapes, groups):
+        derived = tensor_names(name, bits, g, symmetric)
+        if derived[0] not in weights:
+            _derive_experts(weights, name, {"bits": bits, "group_size": g, "symmetric": symmetric}, derived)
+        values += [b.weight(name=derived[0], result_types=[TensorT((e, n, k), f"i{bits}")], loc=op.location),
+                   b.weight(name=derived[1], result_types=[TensorT((e, n, k // g), "f32")], loc=op.location)]
+        zeros.append(None if symmetric else b.weight(name=derived[2], result_types=[TensorT((e, n, k // g), "i8")],
+                                                     loc=op.location))
+    return b.quantized_moe_ffn(x, routing, indices, *values, *zeros, bits=bits, gate_up_group_size=groups[0],
+                               down_group_size=groups[1], activation=attrs_of(op)["activation"], loc=op.location)

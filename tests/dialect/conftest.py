@@ -170,6 +170,13 @@ def build_all_ops_module() -> ir.Module:
             b.paged_attention(q, p, bt, pos, layer=1, loc="paged_attention", **heads)
             b.last_token(x, lens, loc="last_token")
             b.argmax(x, loc="argmax")
+            routing = b.moe_router(x, w("router", 4, 8), top_k=2, loc="moe_router")
+            b.moe_ffn(x, *routing, w("gate_up", 4, 6, 8), w("down", 4, 8, 3), activation="gelu", loc="moe_ffn")
+            eq = [b.weight(name=n, result_types=[TensorT(s, d)], loc=n) for n, s, d in (
+                ("gq", (4, 6, 8), "i4"), ("gs", (4, 6, 2), f32), ("dq", (4, 8, 3), "i4"), ("ds", (4, 8, 1), f32),
+                ("gz", (4, 6, 2), "i8"), ("dz", (4, 8, 1), "i8"))]
+            b.quantized_moe_ffn(x, *routing, *eq, bits=4, gate_up_group_size=4, down_group_size=3,
+                                loc="quantized_moe_ffn")
             vals, scales, zeros = b.quantize(lw, bits=4, group_size=4, symmetric=False, loc="quantize")
             b.dequantize(vals, scales, zeros, bits=4, group_size=4, loc="dequantize_zeros")
             b.dequantize(vals, scales, group_size=4, loc="dequantize")

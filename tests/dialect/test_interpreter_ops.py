@@ -363,3 +363,87 @@ def test_all_gather_and_all_reduce_vs_torch(rng):
         close(run_op("all_gather", shards, dim=dim, num_shards=3), torch.cat(t(shards).unbind(0), dim), atol=0, rtol=0)
     close(run_op("all_reduce", shards, num_shards=3), shards[0] + shards[1] + shards[2], atol=1e-6)
     close(run_op("all_reduce", shards, num_shards=3, reduction="max"), torch.amax(t(shards), 0), atol=0, rtol=0)
+
+
+# ---- mixture of experts -------------------------------------------------------------------------
+
+def _mixtral_block(rng, experts: int, top_k: int, hidden: int = 16, inter: int = 8):
+    """transformers' own MixtralSparseMoeBlock with random weights (the reference)."""
+    from transformers import MixtralConfig
+    from transformers.models.mixtral.modeling_mixtral import MixtralSparseMoeBlock
+
+    cfg = MixtralConfig(hidden_size=hidden, intermediate_size=inter, num_local_experts=experts,
+                        num_experts_per_tok=top_k)
+    block = MixtralSparseMoeBlock(cfg).eval()
+    with torch.no_grad():
+        block.gate.weight.copy_(t(randn(rng, experts, hidden)))
+        block.experts.gate_up_proj.copy_(t(randn(rng, experts, 2 * inter, hidden) * 0.3))
+        block.experts.down_proj.copy_(t(randn(rng, experts, hidden, inter) * 0.3))
+    return block
+
+
+@pytest.mark.parametrize("experts,top_k", [(4, 2), (8, 2), (5, 3), (3, 1)])
+def test_moe_router_and_ffn_vs_transformers_mixtral_block(rng, experts, top_k):
+    block = _mixtral_block(rng, experts, top_k)
+    x = randn(rng, 3, 7, 16)
+    router = block.gate.weight.detach().numpy()
+    weights, indices = run_op("moe_router", x, router, top_k=top_k)
+    with torch.no_grad():
+        _, ref_w, ref_i = block.gate(t(x).reshape(-1, 16))
+        ref = block(t(x))
+    np.testing.assert_array_equal(indices.reshape(-1, top_k), ref_i.numpy())
+    close(weights.reshape(-1, top_k), ref_w, atol=1e-6)
+    out = run_op("moe_ffn", x, weights, indices, block.experts.gate_up_proj.detach().numpy(),
+                 block.experts.down_proj.detach().numpy())
+    close(out, ref, atol=1e-5)
+
+
+def test_moe_router_without_normalize_and_ties(rng):
+    """normalize=False keeps the softmax probabilities; equal logits go to the lower experts."""
+    x, w = randn(rng, 2, 5, 8), randn(rng, 6, 8)
+    weights, indices = run_op("moe_router", x, w, top_k=2, normalize=False)
+    p = torch.softmax(t(x) @ t(w).T, -1)
+    ref = torch.topk(p, 2, dim=-1)
+    close(weights, ref.values, atol=1e-6)
+    np.testing.assert_array_equal(indices, ref.indices.numpy())
+    tied = np.zeros((1, 1, 8), np.float32)  # every logit 0: probabilities all 1/6
+    weights, indices = run_op("moe_router", tied, w, top_k=3)
+    np.testing.assert_array_equal(indices[0, 0], [0, 1, 2])
+    close(weights[0, 0], np.full(3, 1 / 3, np.float32), atol=1e-7)
+
+
+def test_moe_ffn_is_a_loop_over_tokens_and_slots(rng):
+    """An independent formula: for each token, sum over its slots of weight x down(act(gate) * up), gelu."""
+    e, h, n = 3, 8, 4
+    x, gu, down = randn(rng, 2, 3, h), randn(rng, e, 2 * n, h), randn(rng, e, h, n)
+    idx = rng.integers(0, e, (2, 3, 2)).astype(np.int64)
+    w = randn(rng, 2, 3, 2)
+    out = run_op("moe_ffn", x, w, idx, gu, down, activation="gelu")
+    ref = np.zeros_like(x)
+    for b in range(2):
+        for s in range(3):
+            for j in range(2):
+                g = gu[idx[b, s, j]] @ x[b, s]
+                hid = F.gelu(t(g[:n])).numpy() * g[n:]
+                ref[b, s] += w[b, s, j] * (down[idx[b, s, j]] @ hid)
+    close(out, ref, atol=1e-5)
+
+
+@pytest.mark.parametrize("bits,symmetric", [(8, True), (4, False)])
+def test_quantized_moe_ffn_is_moe_ffn_on_dequantized_experts(rng, bits, symmetric):
+    e, h, n = 3, 16, 8
+    x, gu, down = randn(rng, 2, 3, h), randn(rng, e, 2 * n, h), randn(rng, e, h, n)
+    weights, indices = run_op("moe_router", x, randn(rng, e, h), top_k=2)
+
+    def quant(m, g):
+        q, s, z = (np.stack(p) for p in zip(*[run_op("quantize", r, bits=bits, group_size=g, symmetric=symmetric)
+                                               for r in m]))
+        deq = np.stack([run_op("dequantize", *a, bits=bits, group_size=g) for a in zip(q, s, z)])
+        return (q, s, z), deq
+
+    (gq, gs, gz), gdeq = quant(gu, 8)
+    (dq, ds, dz), ddeq = quant(down, 4)
+    zeros = (gz, dz) if not symmetric else (None, None)
+    got = run_op("quantized_moe_ffn", x, weights, indices, gq, gs, dq, ds, *zeros, bits=bits,
+                 gate_up_group_size=8, down_group_size=4)
+    np.testing.assert_array_equal(got, run_op("moe_ffn", x, weights, indices, gdeq, ddeq))

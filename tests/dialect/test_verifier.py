@@ -110,3 +110,39 @@ def test_mlir_structural_errors_are_reported():
             func.ReturnOp([block.arguments[0]])
     with pytest.raises(VerificationError, match=r"(?s)^MLIR verifier: .*doesn't match function result type"):
         verify_module(module)
+
+
+def _moe_module(x=(2, 3, 16), routing=(2, 3, 2), gate_up=(4, 16, 16), down=(4, 16, 8)) -> str:
+    """A router + expert FFN module with the given shapes, built without the builder's checks."""
+    with make_context(), ir.Location.unknown():
+        module = ir.Module.create()
+        types = [TensorT(x, "f32"), TensorT(routing, "f32"), TensorT(routing, "i64"), TensorT(gate_up, "f32"),
+                 TensorT(down, "f32"), TensorT((4, x[-1]), "f32")]
+        with ir.InsertionPoint(module.body):
+            f = func.FuncOp("f", ([ir.Type.parse(str(t)) for t in types], []))
+            block = f.add_entry_block()
+        with ir.InsertionPoint(block):
+            xv, w, idx, gu, dn, router = block.arguments
+            b = Builder()
+            b.moe_router(xv, router, top_k=routing[-1], loc="layers.0.mlp.gate",
+                         result_types=[TensorT(routing, "f32"), TensorT(routing, "i64")])
+            b.moe_ffn(xv, w, idx, gu, dn, loc="layers.0.mlp.experts", result_types=[TensorT(x, "f32")])
+            func.ReturnOp([])
+    return print_module(module, debug_info=True)
+
+
+@pytest.mark.parametrize("shapes,message", [
+    ({}, None),
+    (dict(gate_up=(4, 12, 16)), "gate_up rows 12 != 2 x down in-features 8"),
+    (dict(down=(3, 16, 8)), "gate_up has 4 experts, down 3"),
+    (dict(gate_up=(4, 16, 12), down=(4, 12, 8)), "input vs expert hidden size: last dim 16 != 12"),
+    (dict(routing=(2, 4, 2)), "routing (2, 4, 2) does not fit the input (2, 3, 16)"),
+    (dict(routing=(2, 3, 5)), "top_k 5 must be in [1, experts=4]"),
+])
+def test_moe_ops_reject_bad_shapes(shapes, message):
+    text = _moe_module(**shapes)
+    if message is None:
+        verify_module(parse_module(text))
+    else:
+        errors = _errors(text)
+        assert any(message in e and ("layers.0.mlp.experts" in e or "layers.0.mlp.gate" in e) for e in errors), errors

@@ -39,6 +39,8 @@ FAMILY_CASES = {
                    final_logit_softcapping=3.0),
     "gpt2": dict(),  # GPT2LMHeadModel: tensors under `transformer.`, lm_head tied
     "falcon": dict(new_decoder_architecture=True),  # GQA (2 KV heads), ln_attn / ln_mlp, no bias
+    # top-2 of 4 experts; a 16-token window, so the longest prompt runs past it
+    "mixtral": dict(num_local_experts=4, num_experts_per_tok=2, sliding_window=16),
 }
 
 # other forms of a family that compile to other IR, compiled and compared too: id -> (model_type, overrides)
@@ -251,3 +253,79 @@ def test_a_missing_gpt2_or_falcon_block_changes_the_answer(case, block, edit, tm
     with_block, without = hf_model(ckpt), hf_model(_edited_copy(ckpt, tmp_path / "edited", edit))
     gap = max(np.abs(hf_last_logits(with_block, p) - hf_last_logits(without, p)).max() for p in PROMPTS)
     assert gap > 1e-2, f"dropping the {block} moves the logits by only {gap}"
+
+
+# ---- Mixtral: routing and renormalisation matter; both checkpoint layouts -----------------------
+
+def _mixtral_logits_with(model, **changes) -> list[np.ndarray]:
+    """Last-step prefill logits of PROMPTS in the interpreter, the IR rebuilt with `changes` to the
+    config (the same weights)."""
+    from dataclasses import replace
+
+    from llmirc.frontend import build_decoder
+    from tests.pipelines.equivalence import run_model
+
+    module = build_decoder(replace(model.config, **changes))
+    weights = model.weights()
+    return [run_model(module, weights, np.array([p]), np.array([len(p)]), steps=0)[0][0] for p in PROMPTS]
+
+
+@pytest.mark.parametrize("block,changes", [
+    ("the renormalisation of the top-2 weights", dict(router_normalize=False)),
+    ("the second expert (top-1 routing)", dict(experts_per_token=1)),
+    ("top-k routing (all experts)", dict(experts_per_token=4)),
+])
+def test_a_missing_mixtral_block_changes_the_answer(block, changes, tmp_path):
+    """The IR as built matches transformers within 1e-4; built without the block, it is > 1e-2 off:
+    so the -O3 comparison (1e-3) fails if routing or renormalisation is wrong."""
+    from llmirc.frontend import import_checkpoint
+    from tests.reference import hf_last_logits
+
+    ckpt = save_hf_model(tmp_path / "ckpt", "mixtral", seed=11, **FAMILY_CASES["mixtral"])
+    model, hf = import_checkpoint(ckpt), hf_model(ckpt)
+    refs = [hf_last_logits(hf, p) for p in PROMPTS]
+    for ours, ref in zip(_mixtral_logits_with(model), refs):
+        np.testing.assert_allclose(ours, ref, atol=1e-4, rtol=0)
+    gap = max(np.abs(o - r).max() for o, r in zip(_mixtral_logits_with(model, **changes), refs))
+    assert gap > 1e-2, f"dropping {block} moves the logits by only {gap}"
+
+
+def test_mixtral_fused_expert_layout_imports_the_same_weights(tmp_path):
+    """transformers 5 holds the experts fused (mlp.experts.gate_up_proj [E, 2I, H], down_proj) and
+    save_pretrained writes the per-expert w1/w2/w3 layout: a checkpoint of either imports to the
+    same IR weights, and a wrong expert order would not (the stacks differ per expert)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from llmirc.frontend import import_checkpoint
+
+    ckpt = save_hf_model(tmp_path / "ckpt", "mixtral", seed=3, **FAMILY_CASES["mixtral"])
+    with safe_open(ckpt / "model.safetensors", "np") as f:
+        assert "model.layers.1.block_sparse_moe.experts.3.w2.weight" in f.keys()
+    fused = shutil.copytree(ckpt, tmp_path / "fused")
+    state = {k: v.contiguous() for k, v in hf_model(ckpt).state_dict().items()}
+    assert state["model.layers.0.mlp.experts.gate_up_proj"].shape == (4, 256, 64)
+    (fused / "model.safetensors").unlink()
+    save_file(state, fused / "model.safetensors", metadata={"format": "pt"})
+    a, b = import_checkpoint(ckpt).weights(), import_checkpoint(fused).weights()
+    assert a.keys() == b.keys() and all(np.array_equal(a[n], b[n]) for n in a)
+    gu = a["model.layers.1.mlp.experts.gate_up_proj"]
+    assert not np.array_equal(gu[0], gu[1])
+    np.testing.assert_array_equal(gu, state["model.layers.1.mlp.experts.gate_up_proj"].numpy())
+
+
+def test_mixtral_o3_pipeline_preserves_the_model(tmp_path):
+    """The -O3 passes on a Mixtral IR, in the interpreter: same outputs; attention q/k/v fuse, the
+    experts stay one moe_ffn per layer and function (fuse-gate-up has no linears to pair there)."""
+    from llmirc.dialect import print_module
+    from llmirc.frontend import import_checkpoint
+    from llmirc.pipelines import WeightStore, pipeline_for_level
+    from tests.pipelines.equivalence import assert_pipeline_preserves
+
+    model = import_checkpoint(save_hf_model(tmp_path / "ckpt", "mixtral", seed=3, **FAMILY_CASES["mixtral"]))
+    names = ",".join(n if not o else f"{n}{{" + ",".join(f"{k}={v}" for k, v in o.items()) + "}"
+                     for n, o in pipeline_for_level(3, block_size=4))
+    after = print_module(assert_pipeline_preserves(model.module, WeightStore.from_arrays(model.weights()), names,
+                                                   atol=1e-4))
+    n = model.config.num_layers * 4  # layers x entry functions
+    assert after.count('"llm.moe_ffn"') == n and after.count('"llm.moe_router"') == n

@@ -162,3 +162,43 @@ def test_needs_weights(model):
     m = import_checkpoint(model.checkpoint.directory)
     with pytest.raises(PassError, match="pass 'quantize-weights' needs the model's weights"):
         PassManager(parse_pipeline("quantize-weights")).run(m.module)
+
+
+# ---- mixture-of-experts weights (Mixtral) ------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def mixtral(tmp_path_factory):
+    from tests.hf_checkpoints import save_hf_model
+
+    ckpt = save_hf_model(tmp_path_factory.mktemp("mixtral") / "ckpt", "mixtral", seed=3, num_local_experts=4,
+                         num_experts_per_tok=2)
+    return import_checkpoint(ckpt)
+
+
+def _fake_quant_experts(w: np.ndarray, bits: int, symmetric: bool) -> np.ndarray:
+    """Each expert's [out, in] matrix through the numpy reference, as a linear's weight."""
+    return np.stack([reference.fake_quant(m, bits, GROUP, symmetric) for m in w])
+
+
+@pytest.mark.parametrize("bits,symmetric", SCHEMES, ids=IDS)
+def test_quantized_experts_equal_fake_quant_experts_exactly(mixtral, bits, symmetric):
+    """-O3 with --quantize on a Mixtral: every expert matrix (gate_up [E, 2I, H] and down
+    [E, H, I]) and attention linear is quantized; the outputs equal the float model on the
+    numpy reference's fake-quantized weights bit for bit; the router stays float."""
+    weights = mixtral.weights()
+
+    def fake(name, w):
+        if name.endswith(("gate_up_proj", "down_proj")):
+            return _fake_quant_experts(w, bits, symmetric)
+        return reference.fake_quant(w, bits, GROUP, symmetric) if _is_layer_linear(name) else w
+
+    _, expected = _run(mixtral, WeightStore.from_arrays({n: fake(n, w) for n, w in weights.items()}),
+                       pipeline_for_level(3, 4))
+    m, got = _run(mixtral, WeightStore.from_arrays(weights), pipeline_for_level(3, 4, QuantConfig(bits, GROUP,
+                                                                                                   symmetric)))
+    text = print_module(m.module)
+    n = len(ENTRY_FUNCTIONS) * mixtral.config.num_layers
+    assert text.count('"llm.quantized_moe_ffn"') == n and '"llm.moe_ffn"' not in text
+    assert text.count('"llm.moe_router"') == n and "gate.weight.int" not in text
+    for e, g in zip(expected, got):
+        np.testing.assert_array_equal(g, e)

@@ -15,10 +15,10 @@ from .base import Family, TensorSource, flag
 
 
 def _registry() -> dict[str, Family]:
-    from . import falcon, gemma, gemma2, gpt2, llama, mistral, phi3, qwen2, qwen3
+    from . import falcon, gemma, gemma2, gpt2, llama, mistral, mixtral, phi3, qwen2, qwen3
 
     families = [llama.FAMILY, mistral.FAMILY, qwen2.FAMILY, qwen3.FAMILY, gemma.FAMILY, gemma2.FAMILY, phi3.FAMILY,
-                gpt2.FAMILY, falcon.FAMILY]
+                gpt2.FAMILY, falcon.FAMILY, mixtral.FAMILY]
     return {arch: f for f in families for arch in f.architectures}
 
 

@@ -33,9 +33,35 @@ class TensorSource:
         return np.ascontiguousarray(value)
 
 
+    @property
+    def tensors(self) -> tuple[str, ...]:
+        """The checkpoint tensors this IR weight is read from."""
+        return (self.tensor,)
+
+
+@dataclass(frozen=True)
+class StackedSource:
+    """An IR weight [experts, rows, cols] stacked from one slice per expert, slice e the rows of
+    the tensors `parts[e]` concatenated in order (each of rows / len(parts[e]) rows): Mixtral's
+    per-expert `experts.<e>.w1` / `w3` (gate, up) and `w2` as transformers 4 and 5 save them."""
+
+    parts: tuple[tuple[str, ...], ...]
+
+    @property
+    def tensors(self) -> tuple[str, ...]:
+        return tuple(t for part in self.parts for t in part)
+
+    def take_from(self, load: Callable[[str], Any]) -> Any:
+        """The stacked IR weight, reading each tensor through `load` (name -> numpy array)."""
+        import numpy as np
+
+        return np.stack([np.concatenate([load(t) for t in part]) if len(part) > 1 else load(part[0])
+                         for part in self.parts])
+
+
 # (the model's config, its IR weight shapes, the checkpoint's name prefix) -> the source of every
 # IR weight that is not the checkpoint tensor of the same name
-Sources = Callable[[Any, Shapes, str], dict[str, TensorSource]]
+Sources = Callable[[Any, Shapes, str], dict[str, "TensorSource | StackedSource"]]
 
 
 def no_window(cfg: dict[str, Any], num_layers: int) -> tuple[int, ...]:
@@ -79,6 +105,9 @@ class Family:
     # what a checkpoint may put before the base model's tensor names: the first prefix under which
     # every source tensor exists is used (GPT2LMHeadModel saves `transformer.h.0...`, GPT2Model `h.0...`)
     checkpoint_prefixes: tuple[str, ...] = ("",)
+    # the checkpoint may also hold every IR weight under its IR name (transformers 5's fused
+    # Mixtral experts, `mlp.experts.gate_up_proj`): that layout is tried after tensor_sources' ones
+    ir_named_layout: bool = False
     # config.json -> the common keys (hidden_size, num_attention_heads, ...) for a family that
     # spells them otherwise (GPT-2's n_embd, Falcon's ffn_hidden_size); they override the file's
     common_keys: Callable[[dict[str, Any], str], dict[str, Any]] | None = None
