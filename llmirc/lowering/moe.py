@@ -13,8 +13,13 @@ by a [tokens, experts] combine matrix that is zero off the chosen experts,
 
 so both products are plain matmuls that IREE data-tiles, with no gather and no data-dependent
 control flow. It computes E / k times the FLOPs of the routed experts (and decode reads every
-expert's weights, not only the chosen ones'); docs/models.md says so. The down weight is read
-as [H, E x I] through a transpose of the parameter, which IREE hoists into the initializer.
+expert's weights, not only the chosen ones'). The down weight is read as [H, E x I] through a
+transpose of the parameter, which IREE hoists into the initializer.
+
+With a static token count and tokens x k < E (decode_b1 / decode_b4 of a model with enough
+experts) moe_ffn is gathered instead: each routed slot reads its expert's rows in place, so a
+decode step reads only the routed matrices (docs/models.md has the measurement: 1.4x at batch 1
+on 8 experts, top-2).
 
 quantized_moe_ffn has the same structure with the two products written as quantized.py's two
 stages, batched over the experts on the weights' own [E, out, in] layout (no transpose of an
@@ -129,6 +134,50 @@ def _routing_2d(e: Emitter, op: LOp) -> tuple[TV, TV, TV]:
     return _as_2d(e, x), _as_2d(e, weights), _as_2d(e, indices)
 
 
+def use_gathered(tokens, top_k: int, experts: int) -> bool:
+    """The gathered lowering when the token count is static and the routed slots read fewer
+    expert matrices than all of them (decode_b1 / decode_b4 of a model with E > k x batch)."""
+    return isinstance(tokens, int) and tokens * top_k < experts
+
+
+def _expert_rows(e: Emitter, idx: str, it: str, experts: int) -> str:
+    """An expert index (block argument of type `it`) as an in-bounds index value."""
+    i = e.v(f"arith.index_cast {idx} : {it} to index")
+    return e.v(f"arith.minsi {e.v(f'arith.maxsi {i}, {e.idx(0)} : index')}, {e.idx(experts - 1)} : index")
+
+
+def _gathered_moe_ffn(e: Emitter, op: LOp, x2: TV, w2: TV, i2: TV) -> TV:
+    """y[m] = sum_j w[m, j] * down[idx[m, j]] (act(g) * u), [g; u] = gate_up[idx[m, j]] x[m]: the
+    expert weights read in place (tensor.extract at the routed expert, contiguous along the
+    in-features, the innermost loop), so only the k routed matrices of each token are read."""
+    gate_up, down = op.operands[3:5]
+    experts, rows, hidden = gate_up.dims
+    inter = down.dims[2]
+    m, k = i2.dims
+    ft, it = x2.dtype, i2.dtype
+
+    def gu_body(a):  # loops: d0 = m, d1 = j, d2 = n (gate/up row), d3 = h
+        ex = _expert_rows(e, a[1], it, experts)
+        w = e.v(f"tensor.extract {gate_up.name}[{ex}, {e.index(2)}, {e.index(3)}] : {gate_up.type}")
+        return [e.v(f"arith.addf {e.v(f'arith.mulf {a[0]}, {w} : {ft}')}, {a[2]} : {ft}")]
+
+    gu = e.generic(4, [(x2, ["d0", "d3"]), (i2, ["d0", "d1"])], [(e.filled((m, k, rows), ft, 0.0), ["d0", "d1", "d2"])],
+                   gu_body, reductions=(3,))[0]
+    gate, up = (extract_slice(e, gu, 2, start, inter) for start in (0, inter))
+    act = op.attrs["activation"]
+    h = e.generic(3, [(gate, identity(3)), (up, identity(3)), (w2, ["d0", "d1"])], [(e.empty(gate.dims, ft), identity(3))],
+                  lambda a: [e.v(f"arith.mulf {e.v(f'arith.mulf {_act(e, a[0], ft, act)}, {a[1]} : {ft}')}, "
+                                 f"{a[2]} : {ft}")])[0]
+
+    def down_body(a):  # loops: d0 = m, d1 = o (hidden), d2 = j, d3 = i
+        ex = _expert_rows(e, a[1], it, experts)
+        w = e.v(f"tensor.extract {down.name}[{ex}, {e.index(1)}, {e.index(3)}] : {down.type}")
+        return [e.v(f"arith.addf {e.v(f'arith.mulf {a[0]}, {w} : {ft}')}, {a[2]} : {ft}")]
+
+    return e.generic(4, [(h, ["d0", "d2", "d3"]), (i2, ["d0", "d2"])], [(e.filled((m, hidden), ft, 0.0), ["d0", "d1"])],
+                     down_body, reductions=(2, 3))[0]
+
+
 @lowering("moe_ffn")
 def moe_ffn(e: Emitter, op: LOp) -> list[TV]:
     x = op.operands[0]
@@ -137,6 +186,8 @@ def moe_ffn(e: Emitter, op: LOp) -> list[TV]:
     experts, rows, hidden = gate_up.dims
     inter = down.dims[2]
     m = x2.dims[0]
+    if use_gathered(m, i2.dims[1], experts):
+        return [_from_2d(e, _gathered_moe_ffn(e, op, x2, w2, i2), op.result_dims(0, x.dims)[:-1])]
     routing = _routing_columns(e, w2, i2)
     gu = matmul_transpose_b(e, x2, e.collapse(gate_up, [[0, 1], [2]]))  # [M, E x 2I]
     gu = e.expand(gu, [[0], [1, 2]], (m, experts, rows))

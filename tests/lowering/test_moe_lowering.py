@@ -1,6 +1,7 @@
 """The mixture-of-experts ops compiled for llvm-cpu against the interpreter, one module: the
-router (top-2 of 4, and top-3 without renormalisation), the float expert FFN (dense lowering)
-and the quantized one (int8 with zero points, symmetric int4, grouped and one group per row)."""
+router (top-2 of 4, and top-3 without renormalisation), the float expert FFN (dense lowering),
+the quantized one (int8 with zero points, symmetric int4, grouped and one group per row), and the
+gathered expert FFN of a static single token (lowering/moe.py: use_gathered)."""
 
 from __future__ import annotations
 
@@ -51,6 +52,16 @@ def _module() -> ir.Module:
                     b.quantized_moe_ffn(x, wts, idx, *q8, **z8, bits=8, gate_up_group_size=8, down_group_size=8),
                     b.quantized_moe_ffn(x, wts, idx, *q4, bits=4, gate_up_group_size=H, down_group_size=8),
                 ])
+            # one token, static: 1 x 2 routed slots < 4 experts, the gathered lowering
+            one = TensorT((1, 1, H), f32)
+            fn = func.FuncOp("moe_one", ([ir.Type.parse(str(one))], [ir.Type.parse(str(one))] * 2))
+            blk = fn.add_entry_block()
+            with ir.InsertionPoint(blk):
+                b = Builder()
+                (x,) = blk.arguments
+                wts, idx = b.moe_router(x, w("router", (E, H)), top_k=2)
+                gu, down = w("gate_up", (E, 2 * INTER, H)), w("down", (E, H, INTER))
+                func.ReturnOp([b.moe_ffn(x, wts, idx, gu, down), b.moe_ffn(x, wts, idx, gu, down, activation="gelu")])
     return m
 
 
@@ -75,7 +86,12 @@ def test_moe_ops_match_interpreter():
     expected = run_function(module, "moe", [x], weights)
     types = {"gq4": "i4", "dq4": "i4"} | {n: "i8" for n in ("gq8", "dq8", "gz8", "dz8")}
     params = {n: encode_param(v, types.get(n, "f32")) for n, v in weights.items()}
-    got = Compiled(compile_iree(lower_to_iree(module), CPU_FLAGS), params).fn("moe")(x)
+    compiled = Compiled(compile_iree(lower_to_iree(module), CPU_FLAGS), params)
+    got = list(compiled.fn("moe")(x))
+    for row in range(2):  # the gathered lowering, token by token
+        one = x[row: row + 1, :1]
+        expected += run_function(module, "moe_one", [one], weights)
+        got += list(compiled.fn("moe_one")(one))
     for i, (g, e) in enumerate(zip(got, expected)):
         g = np.asarray(g.to_host())
         assert g.shape == e.shape and g.dtype == e.dtype, (i, g.shape, e.shape, g.dtype, e.dtype)
