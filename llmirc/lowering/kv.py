@@ -175,12 +175,12 @@ def paged_attention(e: Emitter, op: LOp) -> list[TV]:
         # ("large vector sizes") or ran as 2 workgroups (docs/performance.md).
         k = gather_pages(e, pool, bt, layer, 0, ft, head_major=True)  # [B*KH, S, D]
         v = gather_pages(e, pool, bt, layer, 1, ft, head_major=True)
-        s_ = k.dims[1]
         q3 = e.collapse(q4, [[0, 1], [2], [3]])  # [B*KH, G*T, D]
         scores = _batch_matmul(e, q3, k, transpose_b=True)  # [B*KH, G*T, S]
-        scores5 = e.expand(scores, [[0, 1], [2, 3], [4]], (b_, kh, g, t_, s_))
-        probs = e.collapse(softmax_last(e, _mask_scores(e, scores5, pos, scale, window, softcap)),
-                           [[0, 1], [2, 3], [4]])
+        # mask and softmax (as generics: linalg.softmax was 30x slower at 1k keys) on the
+        # batch-matmul layout itself, with no reshape between them and the P.V matmul
+        probs = softmax_last(e, _mask_score_rows(e, scores, pos, kh, t_, scale, window, softcap))
+        probs = _pinned(e, probs)
         out4 = e.expand(_batch_matmul(e, probs, v), [[0, 1], [2], [3]], (b_, kh, q4.dims[2], hd))
     else:
         k = gather_pages(e, pool, bt, layer, 0, ft)  # [B, S, KH, D]
@@ -227,24 +227,45 @@ def _visible(e: Emitter, s_loop: int, p: str, pos_dtype: str, window: str | None
     return vis
 
 
-def _mask_scores(e: Emitter, scores: TV, pos: TV, scale: float, window: int = 0, softcap: float = 0.0) -> TV:
-    """[B, KH, G, T, S]: score * scale (soft-capped: C * tanh(x / C)) where key s is visible to
-    the query, else NEG_LARGE."""
+def _pinned(e: Emitter, x: TV) -> TV:
+    """`x` behind an optimization barrier, its dynamic dims re-attached (tie_shape).
+
+    With the softmax generics fused into the P.V batch matmul's operand packing, IREE 3.13
+    failed to compile dynamic-shape attention ("affine.delinearize_index: no basis element
+    may be statically non-positive"); the barrier keeps them apart. Static shapes compile
+    without it.
+    """
+    dyn = [e.dim_value(d) for d in x.dims if not isinstance(d, int)]
+    if not dyn:
+        return x
+    ob = e.v(f"util.optimization_barrier {x.name} : {x.type}", "ob")
+    return TV(e.v(f"flow.tensor.tie_shape {ob} : {x.type}{{{', '.join(dyn)}}}", "ts"), x.dims, x.dtype)
+
+
+def _mask_score_rows(e: Emitter, scores: TV, pos: TV, kh: int, t_, scale: float, window: int = 0,
+                     softcap: float = 0.0) -> TV:
+    """Scores [B*KH, G*T, S] (the batch-matmul layout): score * scale (soft-capped: C * tanh(x / C))
+    where key s is visible to the query, else NEG_LARGE. Row r belongs to batch r / KH, column
+    c to query c % T, whose position is read from pos [B, T]."""
     ft = scores.dtype
     out = e.empty(scores.dims, ft)
     c_scale, neg = e.const(scale, ft), e.const(NEG_LARGE, ft)
     c_window = e.const(window, pos.dtype) if window > 0 else None  # constants outside the region
     cap = e.const(softcap, ft) if softcap else None
+    c_kh, c_t = e.idx(kh), e.dim_value(t_)
 
     def body(a):
-        vis = _visible(e, 4, a[1], pos.dtype, c_window)
+        b = e.v(f"arith.divui {e.index(0)}, {c_kh} : index")
+        t = e.v(f"arith.remui {e.index(1)}, {c_t} : index")
+        p = e.v(f"tensor.extract {pos.name}[{b}, {t}] : {pos.type}")
+        vis = _visible(e, 2, p, pos.dtype, c_window)
         x = e.v(f"arith.mulf {a[0]}, {c_scale} : {ft}")
         if cap is not None:
             th = e.v(f"math.tanh {e.v(f'arith.divf {x}, {cap} : {ft}')} : {ft}")
             x = e.v(f"arith.mulf {th}, {cap} : {ft}")
         return [e.v(f"arith.select {vis}, {x}, {neg} : {ft}")]
 
-    return e.generic(5, [(scores, identity(5)), (pos, ["d0", "d3"])], [(out, identity(5))], body)[0]
+    return e.generic(3, [(scores, identity(3))], [(out, identity(3))], body)[0]
 
 
 def _additive_mask(e: Emitter, pos: TV, dims, ft: str, window: int = 0) -> TV:
