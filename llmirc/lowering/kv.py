@@ -19,7 +19,7 @@ handled by viewing the queries as [B, KH, G*T, D]: one matrix per KV head.
 from __future__ import annotations
 
 from .emitter import TV, Emitter, affine_map, identity
-from .ops import NEG_LARGE, LOp, LoweringError, lowering, softmax_last
+from .ops import NEG_LARGE, LOp, LoweringError, lowering, softmax_last, softmax_rows
 
 STRATEGIES = ("decomposed", "fused")
 
@@ -177,10 +177,7 @@ def paged_attention(e: Emitter, op: LOp) -> list[TV]:
         v = gather_pages(e, pool, bt, layer, 1, ft, head_major=True)
         q3 = e.collapse(q4, [[0, 1], [2], [3]])  # [B*KH, G*T, D]
         scores = _batch_matmul(e, q3, k, transpose_b=True)  # [B*KH, G*T, S]
-        # mask and softmax (as generics: linalg.softmax was 30x slower at 1k keys) on the
-        # batch-matmul layout itself, with no reshape between them and the P.V matmul
-        probs = softmax_last(e, _mask_score_rows(e, scores, pos, kh, t_, scale, window, softcap))
-        probs = _pinned(e, probs)
+        probs = _masked_softmax(e, scores, pos, (b_, kh, g, t_), scale, window, softcap)
         out4 = e.expand(_batch_matmul(e, probs, v), [[0, 1], [2], [3]], (b_, kh, q4.dims[2], hd))
     else:
         k = gather_pages(e, pool, bt, layer, 0, ft)  # [B, S, KH, D]
@@ -227,45 +224,69 @@ def _visible(e: Emitter, s_loop: int, p: str, pos_dtype: str, window: str | None
     return vis
 
 
-def _pinned(e: Emitter, x: TV) -> TV:
-    """`x` behind an optimization barrier, its dynamic dims re-attached (tie_shape).
+def _masked_softmax(e: Emitter, scores: TV, pos: TV, bkgt: tuple, scale: float, window: int,
+                    softcap: float) -> TV:
+    """softmax(mask(scores)) over S, scores and result [B*KH, G*T, S].
 
-    With the softmax generics fused into the P.V batch matmul's operand packing, IREE 3.13
-    failed to compile dynamic-shape attention ("affine.delinearize_index: no basis element
-    may be statically non-positive"); the barrier keeps them apart. Static shapes compile
-    without it.
+    A static T (decode: T = 1, static-shape buckets) keeps `linalg.softmax` on the
+    [B, KH, G, T, S] view, which IREE compiles well there. A dynamic T (prefill, extend)
+    gets the softmax as generics (max, exp, sum, divide) on the batch-matmul layout itself:
+    `linalg.softmax` with dynamic dims took 81 % of an extend step at 1k keys (about 45 ns a
+    score; the generics were 30x faster alone), while at T = 1 the generics made decode
+    slower (22 -> 29 ms a batch-1 step) (docs/performance.md).
     """
-    dyn = [e.dim_value(d) for d in x.dims if not isinstance(d, int)]
-    if not dyn:
-        return x
-    ob = e.v(f"util.optimization_barrier {x.name} : {x.type}", "ob")
-    return TV(e.v(f"flow.tensor.tie_shape {ob} : {x.type}{{{', '.join(dyn)}}}", "ts"), x.dims, x.dtype)
+    b_, kh, g, t_ = bkgt
+    if isinstance(t_, int):
+        s5 = e.expand(scores, [[0, 1], [2, 3], [4]], (b_, kh, g, t_, scores.dims[2]))
+        masked = _mask_scores(e, s5, pos.dtype, lambda a: (a[1], 4), [(pos, ["d0", "d3"])], scale, window, softcap)
+        return e.collapse(softmax_last(e, masked), [[0, 1], [2, 3], [4]])
 
-
-def _mask_score_rows(e: Emitter, scores: TV, pos: TV, kh: int, t_, scale: float, window: int = 0,
-                     softcap: float = 0.0) -> TV:
-    """Scores [B*KH, G*T, S] (the batch-matmul layout): score * scale (soft-capped: C * tanh(x / C))
-    where key s is visible to the query, else NEG_LARGE. Row r belongs to batch r / KH, column
-    c to query c % T, whose position is read from pos [B, T]."""
-    ft = scores.dtype
-    out = e.empty(scores.dims, ft)
-    c_scale, neg = e.const(scale, ft), e.const(NEG_LARGE, ft)
-    c_window = e.const(window, pos.dtype) if window > 0 else None  # constants outside the region
-    cap = e.const(softcap, ft) if softcap else None
     c_kh, c_t = e.idx(kh), e.dim_value(t_)
 
-    def body(a):
+    def row_position(a):  # row r is batch r / KH, column c is query c % T
         b = e.v(f"arith.divui {e.index(0)}, {c_kh} : index")
         t = e.v(f"arith.remui {e.index(1)}, {c_t} : index")
-        p = e.v(f"tensor.extract {pos.name}[{b}, {t}] : {pos.type}")
-        vis = _visible(e, 2, p, pos.dtype, c_window)
+        return e.v(f"tensor.extract {pos.name}[{b}, {t}] : {pos.type}"), 2
+
+    masked = _mask_scores(e, scores, pos.dtype, row_position, [], scale, window, softcap)
+    return _pinned(e, softmax_rows(e, masked))
+
+
+def _mask_scores(e: Emitter, scores: TV, pdt: str, position, extra_ins: list, scale: float, window: int = 0,
+                 softcap: float = 0.0) -> TV:
+    """score * scale (soft-capped: C * tanh(x / C)) where key s is visible to the query, else
+    NEG_LARGE. `position(block_args)` gives the query's position and the loop of s."""
+    ft = scores.dtype
+    n = scores.rank
+    out = e.empty(scores.dims, ft)
+    c_scale, neg = e.const(scale, ft), e.const(NEG_LARGE, ft)
+    c_window = e.const(window, pdt) if window > 0 else None  # constants outside the region
+    cap = e.const(softcap, ft) if softcap else None
+
+    def body(a):
+        p, s_loop = position(a)
+        vis = _visible(e, s_loop, p, pdt, c_window)
         x = e.v(f"arith.mulf {a[0]}, {c_scale} : {ft}")
         if cap is not None:
             th = e.v(f"math.tanh {e.v(f'arith.divf {x}, {cap} : {ft}')} : {ft}")
             x = e.v(f"arith.mulf {th}, {cap} : {ft}")
         return [e.v(f"arith.select {vis}, {x}, {neg} : {ft}")]
 
-    return e.generic(3, [(scores, identity(3))], [(out, identity(3))], body)[0]
+    return e.generic(n, [(scores, identity(n)), *extra_ins], [(out, identity(n))], body)[0]
+
+
+def _pinned(e: Emitter, x: TV) -> TV:
+    """`x` behind an optimization barrier, its dynamic dims re-attached (tie_shape).
+
+    With the softmax generics fused into the P.V batch matmul's operand packing, IREE 3.13
+    failed to compile dynamic-shape attention ("affine.delinearize_index: no basis element
+    may be statically non-positive"); the barrier keeps them apart.
+    """
+    dyn = [e.dim_value(d) for d in x.dims if not isinstance(d, int)]
+    if not dyn:
+        return x
+    ob = e.v(f"util.optimization_barrier {x.name} : {x.type}", "ob")
+    return TV(e.v(f"flow.tensor.tie_shape {ob} : {x.type}{{{', '.join(dyn)}}}", "ts"), x.dims, x.dtype)
 
 
 def _additive_mask(e: Emitter, pos: TV, dims, ft: str, window: int = 0) -> TV:

@@ -330,18 +330,24 @@ def softmax(e: Emitter, op: LOp) -> list[TV]:
 
 
 def softmax_last(e: Emitter, x: TV) -> TV:
+    out = e.empty(x.dims, x.dtype)
+    name = e.v(f"linalg.softmax dimension({x.rank - 1}) ins({x.name} : {x.type}) "
+               f"outs({out.name} : {out.type}) -> {out.type}", "sm")
+    return TV(name, x.dims, x.dtype)
+
+
+def softmax_rows(e: Emitter, x: TV) -> TV:
     """Softmax over the last dim as max, exp(x - max), sum and divide generics.
 
-    `linalg.softmax` computes the same, but IREE 3.13's CPU code for it with dynamic dims
-    was 30x slower than these four generics (151 vs 4.8 ms on 2688 rows of 1088); in
-    attention over a 1k-token context it took 80 % of an extend step (docs/performance.md).
+    Computes what `linalg.softmax` does, but IREE 3.13's CPU code for that op with dynamic
+    dims was 30x slower than these four generics on long rows (151 vs 4.8 ms on 2688 rows
+    of 1088); the attention lowering uses this one where the query length is dynamic.
     """
     n, ft = x.rank, x.dtype
     rows = identity(n)[:-1]
-    red = x.dims[:-1]
 
     def reduce(src: TV, init: float, op: str) -> TV:
-        acc = e.filled(red, ft, init)
+        acc = e.filled(x.dims[:-1], ft, init)
         return e.generic(n, [(src, identity(n))], [(acc, rows)],
                          lambda a: [e.v(f"{op} {a[0]}, {a[1]} : {ft}")], reductions=(n - 1,))[0]
 
