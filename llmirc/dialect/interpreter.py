@@ -350,12 +350,10 @@ def _slice(a, x):
 def _fused_linear(a, x, w, b=None):
     y = _linear(a, x, w, b)
     act = a["activation"]
-    if act == "swiglu":
+    if act in _ops.GATED_ACTIVATIONS:
         n = y.shape[-1] // 2
-        return _silu(a, y[..., :n]) * y[..., n:]
-    if act == "silu":
-        return _silu(a, y)
-    return _gelu({"approximate": "tanh" if act == "gelu_tanh" else "none"}, y)
+        return _gate_activation(_ops.GATED_ACTIVATIONS[act], y[..., :n]) * y[..., n:]
+    return _gate_activation(act, y)
 
 
 def round_float(x: Array, dtype: str) -> Array:

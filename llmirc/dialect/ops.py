@@ -597,21 +597,25 @@ register(OpSpec(
     operands=(Operand("input"),), attrs=(Attr("axis", "i64"), Attr("start", "i64"), Attr("size", "i64")),
     infer=_slice))
 
-ACTIVATIONS = ("silu", "gelu", "gelu_tanh", "swiglu")
+# gated activations of a fused gate/up linear -> the activation of the gate half:
+# act(y[..., :N]) * y[..., N:] (SwiGLU for Llama, GeGLU with erf or tanh gelu for Gemma)
+GATED_ACTIVATIONS = {"swiglu": "silu", "geglu": "gelu", "geglu_tanh": "gelu_tanh"}
+ACTIVATIONS = ("silu", "gelu", "gelu_tanh") + tuple(GATED_ACTIVATIONS)
 
 
 def _fused_linear(ts: Types, attrs: Attrs):
     (y,) = _linear(ts, attrs)
-    if attrs["activation"] != "swiglu":
+    if attrs["activation"] not in GATED_ACTIVATIONS:
         return (y,)
     n = y.shape[-1]
-    expect(n is not None and n % 2 == 0, f"swiglu needs an even number of out-features, got {n}")
+    expect(n is not None and n % 2 == 0, f"{attrs['activation']} needs an even number of out-features, got {n}")
     return (TensorT(y.shape[:-1] + (n // 2,), y.dtype),)
 
 
 register(OpSpec(
-    "fused_linear", "linear with its activation as the matmul's epilogue: silu(y), gelu(y), or "
-    "swiglu: silu(y[..., :N]) * y[..., N:] for a weight of 2N fused gate/up rows.",
+    "fused_linear", "linear with its activation as the matmul's epilogue: silu(y), gelu(y), "
+    "gelu_tanh(y), or gated for a weight of 2N fused gate/up rows: act(y[..., :N]) * y[..., N:] "
+    "with act silu (swiglu), gelu (geglu) or gelu_tanh (geglu_tanh).",
     operands=(Operand("input", "float"), Operand("weight", "float", 2),
               Operand("bias", "float", 1, optional=True)),
     attrs=(Attr("activation", "str", choices=ACTIVATIONS),), infer=_fused_linear))

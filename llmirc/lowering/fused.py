@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import replace
 
 from .emitter import TV, Emitter, identity
-from .ops import LOp, _add_bias, _as_2d, _from_2d, _map_like, lowering, matmul_transpose_b, rms_norm
+from ..dialect.ops import GATED_ACTIVATIONS
+from .ops import LOp, _add_bias, _as_2d, _from_2d, _map_like, gelu_value, lowering, matmul_transpose_b, rms_norm
 
 
 def extract_slice(e: Emitter, x: TV, axis: int, start: int, size: int) -> TV:
@@ -67,14 +68,20 @@ def fused_linear(e: Emitter, op: LOp) -> list[TV]:
         y = _add_bias(e, y, b)
     act, ft = op.attrs["activation"], y.dtype
     lead = x.dims[:-1]
-    if act == "swiglu":
+    if act in GATED_ACTIVATIONS:
         # Two slices + an identity-map generic: IREE 3.13 miscompiled the single generic that
         # read y at (d0, d1) and (d0, d1 + N) (max error 0.03 on llvm-cpu; see docs/passes.md).
         n = w.dims[0] // 2
         gate, up = (_slice_last(e, y, start, n) for start in (0, n))
         out = e.empty((y.dims[0], n), ft)
-        z = e.generic(2, [(gate, identity(2)), (up, identity(2))], [(out, identity(2))],
-                      lambda a: [e.v(f"arith.mulf {_silu(e, a[0], ft)}, {a[1]} : {ft}")])[0]
+        gate_act = GATED_ACTIVATIONS[act]
+
+        def gated(a):
+            g = _silu(e, a[0], ft) if gate_act == "silu" else \
+                gelu_value(e, a[0], ft, "tanh" if gate_act == "gelu_tanh" else "none")
+            return [e.v(f"arith.mulf {g}, {a[1]} : {ft}")]
+
+        z = e.generic(2, [(gate, identity(2)), (up, identity(2))], [(out, identity(2))], gated)[0]
         return [_from_2d(e, z, op.result_dims(0, lead + (n,))[:-1])]
     if act == "silu":
         z = _map_like(e, y, lambda v: _silu(e, v, ft))

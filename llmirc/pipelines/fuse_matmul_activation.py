@@ -3,8 +3,8 @@
 Patterns (tried in order per op, tinygrad-style (op, rewrite) pairs):
 - silu(linear(x, w))                               -> fused_linear{silu}
 - gelu(linear(x, w))                               -> fused_linear{gelu | gelu_tanh}
-- mul(silu(slice(y, 0, N)), slice(y, N, N)), y = linear(x, w) of width 2N
-                                                   -> fused_linear{swiglu}
+- mul(act(slice(y, 0, N)), slice(y, N, N)), y = linear(x, w) of width 2N, act silu or gelu
+                                                   -> fused_linear{swiglu | geglu | geglu_tanh}
 Why: the activation is applied while the matmul's result is in registers,
 so the [tokens, 2N] intermediate of a fused gate/up is never written out.
 """
@@ -40,11 +40,13 @@ def _gelu(op: ir.Operation):
     return _epilogue(op, "gelu_tanh" if attrs_of(op)["approximate"] == "tanh" else "gelu")
 
 
-def _swiglu(op: ir.Operation):
+def _gated(op: ir.Operation):
     a, b = op.operands
-    silu = producer(a, "silu")
+    silu = producer(a, "silu") or producer(a, "gelu")
     if silu is None or not _sole_use(a):
         return None
+    activation = "swiglu" if silu.name == "llm.silu" else \
+        "geglu_tanh" if attrs_of(silu)["approximate"] == "tanh" else "geglu"
     gate, up = producer(silu.operands[0], "slice"), producer(b, "slice")
     if gate is None or up is None or gate.operands[0] != up.operands[0]:
         return None
@@ -58,16 +60,16 @@ def _swiglu(op: ir.Operation):
             or (ua["axis"] % (last + 1), ua["start"], ua["size"]) != (last, n // 2, n // 2):
         return None
     x, w, bias = operands_of(lin)
-    return Builder(ir.InsertionPoint(op)).fused_linear(x, w, bias=bias, activation="swiglu", loc=lin.location)
+    return Builder(ir.InsertionPoint(op)).fused_linear(x, w, bias=bias, activation=activation, loc=lin.location)
 
 
 PATTERNS: dict[str, list[Rewrite]] = {
     "silu": [_silu],
     "gelu": [_gelu],
-    "mul": [_swiglu],
+    "mul": [_gated],
 }
 
 
-@register_pass("fuse-matmul-activation", "Fold silu/gelu/SwiGLU into the preceding linear's epilogue.")
+@register_pass("fuse-matmul-activation", "Fold silu/gelu/SwiGLU/GeGLU into the preceding linear's epilogue.")
 def fuse_matmul_activation(module: ir.Module) -> None:
     apply_patterns(module, PATTERNS)

@@ -30,6 +30,7 @@ from iree.compiler import ir
 from ..dialect import Builder
 from ..dialect.context import location_name
 from ..dialect.interpreter import IMPLS
+from ..dialect.ops import GATED_ACTIVATIONS
 from ..dialect.types import TensorT, from_mlir
 from .pass_manager import PassError, PassSpec, register_pass
 from .rewrite import apply_patterns, attrs_of, operands_of, producer
@@ -109,11 +110,11 @@ def _derive(weights, name: str, attrs: dict, names: tuple[str, str, str]) -> Non
 
 def _activation(b: Builder, y: ir.Value, activation: str, loc) -> ir.Value:
     """The epilogue of a fused_linear as separate ops (the interpreter's own formula)."""
-    if activation == "swiglu":
+    if activation in GATED_ACTIVATIONS:
         n = from_mlir(y.type).shape[-1] // 2
         gate = b.slice(y, axis=-1, start=0, size=n, loc=loc)
         up = b.slice(y, axis=-1, start=n, size=n, loc=loc)
-        return b.mul(b.silu(gate, loc=loc), up, loc=loc)
+        return b.mul(_activation(b, gate, GATED_ACTIVATIONS[activation], loc), up, loc=loc)
     if activation == "silu":
         return b.silu(y, loc=loc)
     return b.gelu(y, approximate="tanh" if activation == "gelu_tanh" else "none", loc=loc)

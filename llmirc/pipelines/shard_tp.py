@@ -32,6 +32,7 @@ from iree.compiler import ir
 
 from ..dialect import Builder, VerificationError
 from ..dialect.context import location_name
+from ..dialect.ops import GATED_ACTIVATIONS
 from ..dialect.spec import lookup
 from ..dialect.types import KVCacheT, PagedKVCacheT, TensorT, from_mlir, to_mlir
 from .pass_manager import PassError, register_pass
@@ -276,7 +277,7 @@ class _Planner:
             self.fail(op, "the input of a column-parallel linear must be replicated on every device")
         activation = attrs_of(op).get("activation") if op.name == "llm.fused_linear" else None
         width = from_mlir(wv.type).shape[0]
-        if activation == "swiglu":
+        if activation in GATED_ACTIVATIONS:  # swiglu, geglu: the gate and up halves
             parts: tuple[Part, ...] = (Part(width // 2, width // 2),) * 2
         else:
             parts = _output_parts(self, op) if activation is None else (Part(width, width),)
@@ -286,7 +287,7 @@ class _Planner:
             self.add_split(op, WeightSplit(name, 0, own))
         if bias is not None:
             self.add_split(op, WeightSplit(_weight_name(self, op, bias), 0, parts))
-        out_parts = parts[:1] if activation == "swiglu" else parts
+        out_parts = parts[:1] if activation in GATED_ACTIVATIONS else parts
         if role in GATHER:
             self.gather_after.append(loc)
             return "gather", self.all, [Layout("replicated", (0,))], {"parts": parts}

@@ -225,7 +225,8 @@ def _ops_module():
                    TensorT((3, 32), f32), TensorT((None, 48), f32), TensorT((None, 96), f32),
                    TensorT((None, 3, 40), f32), TensorT((None, 3, 8), f32), TensorT((None, 3, 16), f32),
                    TensorT((None, 3, 32), f32), TensorT((None, 3, 32), f32),
-                   TensorT((None, 3, 32), f32), TensorT((None, 3, 32), f32)]
+                   TensorT((None, 3, 32), f32), TensorT((None, 3, 32), f32), TensorT((None, 3, 8), f32),
+                   TensorT((None, 3, 8), f32)]
             fn = func.FuncOp("ops", ([ir.Type.parse(str(t)) for t in args], [ir.Type.parse(str(t)) for t in res]))
             blk = fn.add_entry_block()
             with ir.InsertionPoint(blk):
@@ -254,6 +255,8 @@ def _ops_module():
                     b.fused_linear(x, w("w", (16, 32)), bias=w("bias", (16,)), activation="gelu_tanh"),
                     *b.add_rms_norm(x, b.silu(x), w("ln_w", (32,)), eps=1e-5),
                     b.scale(x, factor=5.5), b.softcap(b.scale(x, factor=4.0), cap=3.0),
+                    b.fused_linear(x, w("w", (16, 32)), activation="geglu"),
+                    b.fused_linear(x, w("w", (16, 32)), activation="geglu_tanh"),
                 ])
     return m
 

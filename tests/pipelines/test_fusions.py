@@ -90,3 +90,33 @@ def test_equivalence_harness_catches_a_wrong_rewrite(model):
         assert max(np.abs(g - w).max() for g, w in zip(good, wrong)) > 1e-3
     finally:
         PASSES.pop("test-swap-gate-up")
+
+
+
+def _names(passes) -> str:
+    return ",".join(n if not o else f"{n}{{" + ",".join(f"{k}={v}" for k, v in o.items()) + "}" for n, o in passes)
+
+
+@pytest.mark.parametrize("model_type,overrides,activation", [
+    ("gemma", dict(head_dim=32), "geglu_tanh"),  # Gemma's GeGLU (gelu_pytorch_tanh)
+    ("llama", dict(hidden_act="gelu"), "geglu"),  # erf gelu (transformers' Gemma reads "gelu" as tanh)
+    ("llama", dict(), "swiglu"),
+])
+def test_gated_fusion_covers_geglu(model_type, overrides, activation, tmp_path):
+    """GeGLU fuses like SwiGLU: one gate/up matmul with the gated activation as its epilogue;
+    the interpreter shows -O2 preserves meaning, and int8 of the fused form (the epilogue as
+    slice / activation / mul after the quantized matmul) stays close to it."""
+    from llmirc.pipelines import QuantConfig
+    from tests.hf_checkpoints import save_hf_model
+
+    model = import_checkpoint(save_hf_model(tmp_path / "ckpt", model_type, seed=3, **overrides))
+    store = WeightStore.from_arrays(model.weights())
+    after = assert_pipeline_preserves(model.module, store, _names(pipeline_for_level(2, block_size=4)), atol=1e-4)
+    text = print_module(after)
+    n = len(ENTRY_FUNCTIONS) * model.config.num_layers
+    assert text.count(f'activation = "{activation}"') == n and '"llm.gelu"' not in text and '"llm.silu"' not in text
+    tokens, lens = np.array([[5, 6, 7, 8]]), np.array([4])
+    ref = run_model(after, store, tokens, lens)
+    PassManager(parse_pipeline(_names(pipeline_for_level(2, 4, QuantConfig(8, 32)))), weights=store).run(model.module)
+    got = run_model(model.module, store, tokens, lens)
+    assert all(np.abs(g - r).max() < 0.05 * np.abs(r).max() for g, r in zip(got, ref))
