@@ -329,3 +329,17 @@ def test_mixtral_o3_pipeline_preserves_the_model(tmp_path):
                                                    atol=1e-4))
     n = model.config.num_layers * 4  # layers x entry functions
     assert after.count('"llm.moe_ffn"') == n and after.count('"llm.moe_router"') == n
+
+
+def test_a_missing_mixtral_expert_is_named_as_the_checkpoint_names_it(tmp_path):
+    from safetensors.numpy import load_file, save_file
+
+    from llmirc.errors import CheckpointError
+    from llmirc.frontend import import_checkpoint
+
+    ckpt = save_hf_model(tmp_path / "ckpt", "mixtral", seed=3, **FAMILY_CASES["mixtral"])
+    tensors = load_file(ckpt / "model.safetensors")
+    save_file({k: v for k, v in tensors.items() if "layers.1.block_sparse_moe.experts.3.w2" not in k},
+              ckpt / "model.safetensors")
+    with pytest.raises(CheckpointError, match="missing tensor 'model.layers.1.block_sparse_moe.experts.3.w2.weight'"):
+        import_checkpoint(ckpt)
