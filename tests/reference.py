@@ -33,6 +33,28 @@ def hf_greedy(model, ids: list[int], new_tokens: int) -> tuple[list[int], np.nda
     return out.sequences[0, len(ids):].tolist(), out.logits[-1][0].float().numpy()
 
 
+def padded_batch(prompts: list[list[int]]) -> tuple[np.ndarray, np.ndarray]:
+    """Prompts as one prefill batch: tokens i64[B, T] (zero-padded) and their lengths i64[B]."""
+    tokens = np.zeros((len(prompts), max(map(len, prompts))), np.int64)
+    for i, p in enumerate(prompts):
+        tokens[i, :len(p)] = p
+    return tokens, np.array([len(p) for p in prompts], np.int64)
+
+
+def greedy_steps(prefill_logits: np.ndarray, positions: np.ndarray, steps: int, decode):
+    """`steps` greedy decodes from the prefill's logits; decode(tokens, positions) -> logits.
+    Returns each row's new tokens and the logits after the last step."""
+    logits, positions = prefill_logits, positions.copy()
+    out: list[list[int]] = [[] for _ in range(len(positions))]
+    for _ in range(steps):
+        nxt = logits.argmax(-1).astype(np.int64)
+        for o, n in zip(out, nxt):
+            o.append(int(n))
+        logits = decode(nxt, positions)
+        positions += 1
+    return out, logits
+
+
 def greedy_with_engine(engine, prompts: list[list[int]], steps: int, tables: np.ndarray | None = None):
     """Our side of a comparison: batched prefill + `steps` greedy decodes through the raw ABI of
     a compiled artifact's Engine. Returns the tokens and the logits after the last step."""
@@ -40,20 +62,9 @@ def greedy_with_engine(engine, prompts: list[list[int]], steps: int, tables: np.
     if tables is None:
         pages = -(-(t + steps + 1) // engine.page_size)
         tables = np.arange(1, 1 + b * pages, dtype=np.int64).reshape(b, pages)
-    tokens = np.zeros((b, t), np.int64)
-    for i, p in enumerate(prompts):
-        tokens[i, :len(p)] = p
-    lens = np.array([len(p) for p in prompts], np.int64)
-    logits = engine.prefill(tokens, lens, tables)
-    out: list[list[int]] = [[] for _ in prompts]
-    positions = lens.copy()
-    for _ in range(steps):
-        nxt = logits.argmax(-1).astype(np.int64)
-        for o, n in zip(out, nxt):
-            o.append(int(n))
-        logits = engine.decode(nxt, positions, tables)
-        positions += 1
-    return out, logits
+    tokens, lens = padded_batch(prompts)
+    return greedy_steps(engine.prefill(tokens, lens, tables), lens, steps,
+                        lambda nxt, positions: engine.decode(nxt, positions, tables))
 
 
 def check_artifact_against_transformers(checkpoint: Path, artifact: Path, prompts: list[list[int]],

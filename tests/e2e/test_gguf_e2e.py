@@ -20,7 +20,7 @@ from llmirc.testing.checkpoints import CheckpointSpec, make_checkpoint, random_w
 from llmirc.testing.gguf import write_gguf  # noqa: E402
 from tests.conftest import TINY  # noqa: E402
 from tests.e2e.conftest import compile_artifact  # noqa: E402
-from tests.reference import greedy_with_engine  # noqa: E402
+from tests.reference import greedy_steps, greedy_with_engine, padded_batch  # noqa: E402
 
 PROMPTS = [[1, 17, 33, 5, 99, 7, 250, 12, 4, 61, 8], [1, 250, 3]]
 
@@ -28,21 +28,16 @@ PROMPTS = [[1, 17, 33, 5, 99, 7, 250, 12, 4, 61, 8], [1, 250, 3]]
 def interpreter_greedy(model, prompts: list[list[int]], steps: int) -> tuple[list[list[int]], np.ndarray]:
     """Greedy tokens and the last step's logits from the numpy interpreter on the imported IR."""
     w = model.weights()
-    b, t = len(prompts), max(map(len, prompts))
-    tokens = np.zeros((b, t), np.int64)
-    for i, p in enumerate(prompts):
-        tokens[i, :len(p)] = p
-    lens = np.array([len(p) for p in prompts], np.int64)
-    logits, cache = run_function(model.module, "prefill", [tokens, lens, empty_kv_cache(cache_type(model.config), b)], w)
-    out: list[list[int]] = [[] for _ in prompts]
-    positions = lens.copy()
-    for _ in range(steps):
-        nxt = logits.argmax(-1).astype(np.int64)
-        for o, n in zip(out, nxt):
-            o.append(int(n))
-        logits, cache = run_function(model.module, "decode", [nxt, positions, cache], w)
-        positions += 1
-    return out, logits
+    tokens, lens = padded_batch(prompts)
+    logits, cache = run_function(model.module, "prefill",
+                                 [tokens, lens, empty_kv_cache(cache_type(model.config), len(prompts))], w)
+    state = {"cache": cache}
+
+    def decode(nxt, positions):
+        logits, state["cache"] = run_function(model.module, "decode", [nxt, positions, state["cache"]], w)
+        return logits
+
+    return greedy_steps(logits, lens, steps, decode)
 
 
 def test_f32_gguf_compiles_to_the_safetensors_models_tokens(tiny_checkpoint, cpu_artifact, tmp_path):

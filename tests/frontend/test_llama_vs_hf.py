@@ -8,18 +8,14 @@ import pytest
 from llmirc.dialect.interpreter import empty_kv_cache, run_function
 from llmirc.frontend import cache_type, import_checkpoint
 from llmirc.testing.checkpoints import CheckpointSpec, make_checkpoint
-from tests.reference import hf_last_logits, hf_model
+from tests.reference import hf_last_logits, hf_model, padded_batch
 
 
 def _prefill_then_decode(model, prompts: list[list[int]], steps: int):
     """Batched prefill (padded) then `steps` greedy decode steps; yields logits per step."""
     w = model.weights()
-    b, t = len(prompts), max(map(len, prompts))
-    tokens = np.zeros((b, t), np.int64)
-    for i, p in enumerate(prompts):
-        tokens[i, :len(p)] = p
-    lens = np.array([len(p) for p in prompts], np.int64)
-    cache = empty_kv_cache(cache_type(model.config), b)
+    tokens, lens = padded_batch(prompts)
+    cache = empty_kv_cache(cache_type(model.config), len(prompts))
     logits, cache = run_function(model.module, "prefill", [tokens, lens, cache], w)
     seqs = [list(p) for p in prompts]
     yield seqs, logits
