@@ -112,10 +112,13 @@ def compile(checkpoint: Path | None, output: Path, target: str, opt_level: int, 
             print_ir_after_all: bool,
             print_ir_after: tuple[str, ...], timing: bool, no_verify_each: bool, as_json: bool,
             quiet: bool) -> None:
-    """Compile a Hugging Face checkpoint directory (default: the embedded model).
+    """Compile a Hugging Face checkpoint directory or a GGUF file (default: the
+    embedded model).
 
-    CHECKPOINT holds config.json, model.safetensors (or shards with
-    model.safetensors.index.json) and tokenizer.json.
+    A directory holds config.json, model.safetensors (or shards with
+    model.safetensors.index.json) and tokenizer.json; GPTQ/AWQ checkpoints are
+    read as they are. A .gguf file (llama, mistral, qwen2) brings its own config
+    and tokenizer; Q8_0/Q4_0 weights stay quantized (docs/checkpoints.md).
     """
     from .compiler import CompileOptions, compile_checkpoint
 
