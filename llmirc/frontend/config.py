@@ -169,6 +169,12 @@ def config_from_dict(cfg: dict, path: Path | str, max_seq_len: int | None = None
     layers = int(_require(cfg, "num_hidden_layers", path))
     windows = _attention_windows(cfg, path, seq_len, layers, family)
     rope, rope_warnings = read_rope(cfg, str(path), ctx)
+    orig = rope.params.get("original_max_position_embeddings", seq_len)
+    if rope.kind == "longrope" and seq_len > orig:
+        raise CheckpointError(
+            f"{path}: rope type 'longrope' switches to its long_factor once a sequence passes "
+            f"original_max_position_embeddings ({orig}) and keeps the keys already cached as they were; "
+            f"llmirc compiles the short-factor regime exactly: use --max-seq-len {orig} or less")
     config = ModelConfig(
         vocab_size=int(_require(cfg, "vocab_size", path)),
         hidden_size=hidden,

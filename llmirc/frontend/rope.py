@@ -34,11 +34,15 @@ TYPE_KEYS: dict[str, frozenset[str]] = {
     "llama3": frozenset({"factor", "low_freq_factor", "high_freq_factor", "original_max_position_embeddings"}),
     "yarn": frozenset({"factor", "original_max_position_embeddings", "attention_factor", "beta_fast", "beta_slow",
                        "mscale", "mscale_all_dim", "truncate"}),
+    # Phi-3's long-context models: per-dimension factors, short ones while the sequence is
+    # within original_max_position_embeddings (the compiled length must be: config.py).
+    "longrope": frozenset({"factor", "short_factor", "long_factor", "original_max_position_embeddings",
+                           "attention_factor"}),
 }
 COMMON_KEYS = frozenset({"rope_type", "type", "rope_theta", "partial_rotary_factor"})
 REQUIRED_KEYS: dict[str, tuple[str, ...]] = {"linear": ("factor",), "dynamic": ("factor",),
                                              "llama3": ("factor", "low_freq_factor", "high_freq_factor"),
-                                             "yarn": ()}
+                                             "yarn": (), "longrope": ("short_factor", "long_factor")}
 
 
 @dataclass(frozen=True)
@@ -58,11 +62,17 @@ class RopeSpec:
             return (inv / np.float32(self.params["factor"])).astype(np.float32)
         if self.kind == "llama3":
             return _llama3(inv, self.params)
+        if self.kind == "longrope":
+            return _longrope(self.theta, head_dim, self.params)[0]
         return _yarn(self.theta, head_dim, self.params)[0]
 
     def attention_factor(self, head_dim: int) -> float:
-        """What cos and sin are multiplied by (1 except for YaRN)."""
-        return _yarn(self.theta, head_dim, self.params)[1] if self.kind == "yarn" else 1.0
+        """What cos and sin are multiplied by (1 except for YaRN and LongRoPE)."""
+        if self.kind == "yarn":
+            return _yarn(self.theta, head_dim, self.params)[1]
+        if self.kind == "longrope":
+            return _longrope(self.theta, head_dim, self.params)[1]
+        return 1.0
 
     def describe(self) -> dict[str, Any]:
         return {"rope_type": self.kind, "rope_theta": self.theta, **self.params}
@@ -111,10 +121,10 @@ def _one_rope(d: dict[str, Any], source: str, where: str, top_theta: Any, cfg: d
         if d.get(key) is None:
             raise CheckpointError(f"{where}: {source} type '{kind}' needs '{key}'")
     params = {k: v for k, v in d.items() if k in TYPE_KEYS[kind]}
-    if kind in ("llama3", "yarn", "dynamic"):
+    if kind in ("llama3", "yarn", "dynamic", "longrope"):
         orig = cfg.get("original_max_position_embeddings", d.get("original_max_position_embeddings"))
         params["original_max_position_embeddings"] = int(orig if orig is not None else max_position_embeddings)
-    if kind == "yarn":
+    if kind in ("yarn", "longrope"):
         params["max_position_embeddings"] = max_position_embeddings  # default factor = max / original
     warnings = [f"{where}: {source} key '{k}' = {v!r} is not read for rope type '{kind}' and was ignored"
                 for k, v in d.items() if k not in COMMON_KEYS | TYPE_KEYS[kind]]
@@ -172,3 +182,20 @@ def _yarn(theta: float, dim: int, p: dict[str, Any]) -> tuple[np.ndarray, float]
     extrapolation, interpolation = 1.0 / pos_freqs, 1.0 / (np.float32(factor) * pos_freqs)
     keep = 1 - ramp
     return (interpolation * (1 - keep) + extrapolation * keep).astype(np.float32), float(attention)
+
+
+def _longrope(theta: float, dim: int, p: dict[str, Any]) -> tuple[np.ndarray, float]:
+    """LongRoPE with its short factors (the regime of every sequence within
+    original_max_position_embeddings): inv_freq = 1 / (short_factor * theta^(2i/dim)), and an
+    attention factor sqrt(1 + ln(factor) / ln(original)) unless the config gives one."""
+    short = np.asarray(p["short_factor"], np.float32)
+    if short.shape != (dim // 2,) or len(p["long_factor"]) != dim // 2:
+        raise CheckpointError(f"longrope short_factor / long_factor must have head_dim / 2 = {dim // 2} entries, "
+                              f"got {short.size} / {len(p['long_factor'])}")
+    orig = p["original_max_position_embeddings"]
+    factor = p.get("factor") or p["max_position_embeddings"] / orig
+    attention = p.get("attention_factor")
+    if attention is None:
+        attention = 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(orig))
+    exponents = np.arange(0, dim, 2, dtype=np.float32) / np.float32(dim)
+    return (np.float32(1.0) / (short * np.float32(theta) ** exponents)).astype(np.float32), float(attention)

@@ -19,7 +19,7 @@ from llmirc.frontend.families import FAMILIES
 from llmirc.runtime import Engine
 from tests.e2e.conftest import compile_artifact
 from tests.hf_checkpoints import save_hf_model
-from tests.reference import check_artifact_against_transformers, hf_model
+from tests.reference import check_artifact_against_transformers, hf_greedy, hf_model
 
 PROMPTS = [[1, 17, 33, 5, 99, 7, 250, 12, 4, 61, 8], [1, 250, 3],
            [1, 44, 45, 46, 47, 48, 90, 91, 92, 5, 6, 7, 8, 9, 10, 11, 12, 13, 14, 15, 16, 140, 141, 142, 143]]
@@ -343,3 +343,34 @@ def test_a_missing_mixtral_expert_is_named_as_the_checkpoint_names_it(tmp_path):
               ckpt / "model.safetensors")
     with pytest.raises(CheckpointError, match="missing tensor 'model.layers.1.block_sparse_moe.experts.3.w2.weight'"):
         import_checkpoint(ckpt)
+
+
+# Phi-3's long-context form: LongRoPE (per-dimension short/long factors, an attention factor
+# from max / original positions); the short factors hold while sequences stay within
+# original_max_position_embeddings, which the compiled length must respect.
+LONGROPE = {"rope_type": "longrope", "rope_theta": 10000.0, "short_factor": [1.0 + 0.3 * i for i in range(8)],
+            "long_factor": [2.0 + i for i in range(8)]}
+
+
+def _phi3_longrope(tmp_path, rope=LONGROPE):
+    return save_hf_model(tmp_path / "ckpt", "phi3", seed=5, sliding_window=None, pad_token_id=0,
+                         max_position_embeddings=1024, original_max_position_embeddings=128,
+                         rope_parameters=dict(rope))
+
+
+def test_phi3_longrope_matches_transformers(tmp_path):
+    ckpt = _phi3_longrope(tmp_path)
+    assert load_config(ckpt, max_seq_len=128).rope.attention_factor(16) > 1.0  # factor 1024 / 128 = 8
+    art = compile_artifact(ckpt, tmp_path / "art", opt_level=3, max_seq_len=128)
+    ref = check_artifact_against_transformers(ckpt, art, PROMPTS, NEW_TOKENS)
+    # the factors matter: the same weights with plain rope give other tokens
+    plain = _phi3_longrope(tmp_path / "plain", {"rope_type": "default", "rope_theta": 10000.0})
+    hf = hf_model(plain)
+    assert [hf_greedy(hf, p, NEW_TOKENS)[0] for p in PROMPTS] != ref
+
+
+def test_phi3_longrope_past_its_original_length_is_refused(tmp_path):
+    from llmirc.errors import CheckpointError
+
+    with pytest.raises(CheckpointError, match=r"use --max-seq-len 128 or less"):
+        load_config(_phi3_longrope(tmp_path))
