@@ -62,17 +62,12 @@ class RopeSpec:
             return (inv / np.float32(self.params["factor"])).astype(np.float32)
         if self.kind == "llama3":
             return _llama3(inv, self.params)
-        if self.kind == "longrope":
-            return _longrope(self.theta, head_dim, self.params)[0]
-        return _yarn(self.theta, head_dim, self.params)[0]
+        return _WITH_ATTENTION_FACTOR[self.kind](self.theta, head_dim, self.params)[0]
 
     def attention_factor(self, head_dim: int) -> float:
         """What cos and sin are multiplied by (1 except for YaRN and LongRoPE)."""
-        if self.kind == "yarn":
-            return _yarn(self.theta, head_dim, self.params)[1]
-        if self.kind == "longrope":
-            return _longrope(self.theta, head_dim, self.params)[1]
-        return 1.0
+        fn = _WITH_ATTENTION_FACTOR.get(self.kind)
+        return fn(self.theta, head_dim, self.params)[1] if fn else 1.0
 
     def describe(self) -> dict[str, Any]:
         return {"rope_type": self.kind, "rope_theta": self.theta, **self.params}
@@ -199,3 +194,7 @@ def _longrope(theta: float, dim: int, p: dict[str, Any]) -> tuple[np.ndarray, fl
         attention = 1.0 if factor <= 1.0 else math.sqrt(1 + math.log(factor) / math.log(orig))
     exponents = np.arange(0, dim, 2, dtype=np.float32) / np.float32(dim)
     return (np.float32(1.0) / (short * np.float32(theta) ** exponents)).astype(np.float32), float(attention)
+
+
+# rope types computed as (inverse frequencies, attention factor)
+_WITH_ATTENTION_FACTOR = {"yarn": _yarn, "longrope": _longrope}
