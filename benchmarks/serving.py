@@ -84,6 +84,20 @@ class RunStats:
 
 # ---- the server ------------------------------------------------------------------------
 
+def wait_healthy(url: str, proc: subprocess.Popen, timeout_s: float, poll_s: float = 0.2) -> bool:
+    """Poll url/health until it answers 200 (True), or until timeout_s pass or proc exits (False)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            if httpx.get(url + "/health", timeout=5).status_code == 200:
+                return True
+        except httpx.TransportError:
+            pass
+        if time.monotonic() > deadline or proc.poll() is not None:
+            return False
+        time.sleep(poll_s)
+
+
 class Server:
     """`llmirc serve ARTIFACT --port 0 ...` in a child process; the URL is read from its
     start-up line. Always stopped (SIGINT, then kill) on leaving the block."""
@@ -106,17 +120,10 @@ class Server:
         # keep reading its stderr (warnings), so a full pipe never blocks the server
         threading.Thread(target=lambda: [sys.stderr.write("server: " + ln) for ln in self.proc.stderr],
                          daemon=True).start()
-        deadline = time.monotonic() + self.start_timeout_s
-        while True:
-            try:
-                if httpx.get(self.url + "/health", timeout=5).status_code == 200:
-                    return self
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                self.__exit__()
-                raise SystemExit("llmirc serve never became healthy")
-            time.sleep(0.2)
+        if not wait_healthy(self.url, self.proc, self.start_timeout_s):
+            self.__exit__()
+            raise SystemExit("llmirc serve never became healthy")
+        return self
 
     def __exit__(self, *exc) -> None:
         if self.proc is not None and self.proc.poll() is None:

@@ -27,7 +27,7 @@ Optional and not part of CI. What it does, in order:
    - peak resident memory of the server's process tree (sum of VmRSS, sampled every 0.2 s);
    - a cross-check: `vllm bench serve --backend openai` (vLLM's own client, random dataset)
      pointed at the server at concurrency 1 and 16.
-4. Prints the table of both, the ratios llmirc / vLLM, writes docs/performance.md's
+4. Prints the table of both and the ratios llmirc / vLLM; with --write-docs writes docs/performance.md's
    vs-vllm section and docs/performance-vs-vllm.png, and benchmarks/results/vs_vllm.json.
 
 vLLM runs with VLLM_CPU_NUM_OF_RESERVED_CPU=0 (both cores for the model: by default it keeps
@@ -46,7 +46,6 @@ import random
 import shutil
 import signal
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -60,7 +59,7 @@ from llmirc.compiler import CompileOptions, compile_checkpoint
 from llmirc.testing.checkpoints import PRESETS, make_checkpoint, n_params, write_tokenizer
 
 from docs_section import ROOT, write_doc_section
-from serving import RunStats, random_prompts, run_load, summarize
+from serving import RunStats, random_prompts, run_load, summarize, wait_healthy
 
 VLLM_VERSION = "0.32.0"
 TORCH_REQUIREMENT = "torch==2.13.0"  # the CPU build on this machine's disk
@@ -145,20 +144,13 @@ class ChildServer:
         self.proc = subprocess.Popen(self.cmd, stdout=self._log, stderr=subprocess.STDOUT, env=self.env,
                                      start_new_session=True)
         threading.Thread(target=self._sample, daemon=True).start()
-        deadline = time.monotonic() + self.start_timeout_s
-        while True:
-            try:
-                if httpx.get(self.url + "/health", timeout=5).status_code == 200:
-                    self.startup_s = time.perf_counter() - t0
-                    print(f"{self.name} healthy after {self.startup_s:.0f} s", flush=True)
-                    return self
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline or self.proc.poll() is not None:
-                self.__exit__()
-                tail = self.log.read_text().splitlines()[-15:]
-                raise SystemExit(f"error: {self.name} did not start (log {self.log}):\n" + "\n".join(tail))
-            time.sleep(0.5)
+        if not wait_healthy(self.url, self.proc, self.start_timeout_s, poll_s=0.5):
+            self.__exit__()
+            tail = self.log.read_text().splitlines()[-15:]
+            raise SystemExit(f"error: {self.name} did not start (log {self.log}):\n" + "\n".join(tail))
+        self.startup_s = time.perf_counter() - t0
+        print(f"{self.name} healthy after {self.startup_s:.0f} s", flush=True)
+        return self
 
     def _sample(self) -> None:
         while self._sampling and self.proc is not None and self.proc.poll() is None:
@@ -408,14 +400,14 @@ def main() -> None:
             with make() as server:
                 drive(server, args, spec.vocab, 0, results[name], vllm_py if args.cross_check_levels else None,
                       ckpt, tmp)
-    out = ROOT / "benchmarks" / "results" / "vs_vllm.json"
-    out.write_text(json.dumps({k: dataclasses.asdict(r) for k, r in results.items()}, indent=1))
+    raw = json.dumps({k: dataclasses.asdict(r) for k, r in results.items()}, indent=1)
     if len(results) < 2:
-        print(json.dumps({k: dataclasses.asdict(r) for k, r in results.items()}, indent=1)[:4000])
+        print(raw[:4000])
         return
     table = report(args, spec, results["vllm"], results["llmirc"])
     print(table)
-    if args.write_docs:
+    if args.write_docs:  # the raw numbers go with the docs' table, not with smoke runs
+        (ROOT / "benchmarks" / "results" / "vs_vllm.json").write_text(raw)
         write_doc_section(ROOT / "docs" / "performance.md", f"vs-vllm-{args.size}", table)
         plot(results["vllm"], results["llmirc"], ROOT / "docs" / "performance-vs-vllm.png")
 
