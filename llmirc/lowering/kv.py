@@ -18,7 +18,7 @@ handled by viewing the queries as [B, KH, G*T, D]: one matrix per KV head.
 
 from __future__ import annotations
 
-from .emitter import TV, Emitter, affine_map, identity
+from .emitter import TV, Dim, Emitter, affine_map, identity
 from .ops import NEG_LARGE, LOp, LoweringError, lowering, softmax_last, softmax_rows
 
 STRATEGIES = ("decomposed", "fused")
@@ -167,6 +167,8 @@ def paged_attention(e: Emitter, op: LOp) -> list[TV]:
     if softcap and strategy == "fused":
         strategy = "decomposed"  # iree_linalg_ext.attention has no score soft-capping
     # q [B, T, NH, D] -> [B, T, KH, G, D] -> [B, KH, G, T, D] -> [B, KH, G*T, D]: one matrix per KV head
+    if window > 0:
+        bt, pos = _window_view(e, bt, pos, window, _pool_dims(pool)[2])
     q5 = e.expand(q, [[0], [1], [2, 3], [4]], (b_, t_, kh, g, hd))
     q4 = e.collapse(e.transpose(q5, [0, 2, 3, 1, 4]), [[0], [1], [2, 3], [4]])
     if strategy == "decomposed":
@@ -198,6 +200,61 @@ def paged_attention(e: Emitter, op: LOp) -> list[TV]:
     y = e.generic(5, [(out5, ["d0", "d2", "d3", "d1", "d4"]), (pos, ["d0", "d1"])],
                   [(res, identity(5))], body)[0]
     return [e.collapse(y, [[0], [1], [2, 3], [4]])]
+
+
+def _window_view(e: Emitter, bt: TV, pos: TV, window: int, bs: int) -> tuple[TV, TV]:
+    """The block-table columns a sliding-window layer can see, and positions relative to them.
+
+    Row b's queries hold consecutive positions (a prefill, extend or decode chunk) ending at
+    p_hi, so every key it can see lies in [p_hi - T - window + 2, p_hi]: at most
+    W = ceil((window + T - 1) / bs) + 1 pages. The view is those W columns of the table,
+    starting at page column c_b (clamped so the view stays inside the table), and positions
+    p - c_b * bs; the attention after it reads W pages instead of the table's P, so a
+    decode step far past the window reads the window's pages, not the whole history.
+    Padding positions (< 0) stay as they are. When W >= P (static shapes) the table is
+    returned unchanged.
+    """
+    b_, p_ = bt.dims
+    t_ = pos.dims[1]
+    pdt = pos.dtype
+    if isinstance(t_, int):
+        need: Dim = -(-(window + t_ - 1) // bs) + 1
+        if isinstance(p_, int) and need >= p_:
+            return bt, pos
+    else:
+        span = e.v(f"arith.addi {t_}, {e.idx(window - 1 + bs - 1)} : index", "d")
+        need = e.v(f"arith.addi {e.v(f'arith.divui {span}, {e.idx(bs)} : index', 'd')}, {e.idx(1)} : index", "d")
+    w = (min(p_, need) if isinstance(p_, int) and isinstance(need, int)
+         else e.v(f"arith.minui {e.dim_value(p_)}, {e.dim_value(need)} : index", "d"))
+
+    def cast(d: Dim) -> str:
+        return e.v(f"arith.index_cast {e.dim_value(d)} : index to {pdt}")
+
+    # p_hi[b] = max_t pos[b, t] (-1 for a row of padding)
+    hi = e.generic(2, [(pos, ["d0", "d1"])], [(e.filled((b_,), pdt, -1), ["d0"])],
+                   lambda a: [e.v(f"arith.maxsi {a[0]}, {a[1]} : {pdt}")], reductions=(1,))[0]
+    back = e.v(f"arith.addi {cast(t_)}, {e.const(window - 2, pdt)} : {pdt}")  # T + window - 2
+    last_col = e.v(f"arith.subi {cast(p_)}, {cast(w)} : {pdt}")
+    zero, c_bs = e.const(0, pdt), e.const(bs, pdt)
+
+    def first_col(a):
+        lo = e.v(f"arith.maxsi {e.v(f'arith.subi {a[0]}, {back} : {pdt}')}, {zero} : {pdt}")
+        return [e.v(f"arith.minsi {e.v(f'arith.divsi {lo}, {c_bs} : {pdt}')}, {last_col} : {pdt}")]
+
+    start = e.generic(1, [(hi, ["d0"])], [(e.empty((b_,), pdt), ["d0"])], first_col)[0]
+
+    def column(a):
+        col = e.v(f"arith.addi {e.v(f'arith.index_cast {a[0]} : {pdt} to index')}, {e.index(1)} : index")
+        return [e.v(f"tensor.extract {bt.name}[{e.index(0)}, {col}] : {bt.type}")]
+
+    view = e.generic(2, [(start, ["d0"])], [(e.empty((b_, w), bt.dtype), ["d0", "d1"])], column)[0]
+
+    def relative(a):
+        shifted = e.v(f"arith.subi {a[0]}, {e.v(f'arith.muli {a[1]}, {c_bs} : {pdt}')} : {pdt}")
+        return [e.v(f"arith.select {e.v(f'arith.cmpi sge, {a[0]}, {zero} : {pdt}')}, {shifted}, {a[0]} : {pdt}")]
+
+    rel = e.generic(2, [(pos, ["d0", "d1"]), (start, ["d0"])], [(e.empty(pos.dims, pdt), ["d0", "d1"])], relative)[0]
+    return view, rel
 
 
 def _batch_matmul(e: Emitter, a: TV, b: TV, transpose_b: bool = False) -> TV:

@@ -130,6 +130,20 @@ def test_sliding_window_matches_transformers(model_type, window, tmp_path):
     assert [hf_greedy(hf_full, p, NEW_TOKENS)[0] for p in PROMPTS] != ref  # the window matters
 
 
+@pytest.mark.slow
+def test_sliding_window_on_static_shapes_matches_transformers(tmp_path):
+    """tpu-like: the decode and both prefill buckets (16, 64) attend through a window view of
+    2, 3 and 6 of the 8 pages a sequence has, so the view's clamping and relative positions
+    run on static shapes too."""
+    import llmirc
+
+    ckpt = save_hf_model(tmp_path / "ckpt", "mistral", seed=5, sliding_window=16)
+    art = compile_artifact(ckpt, tmp_path / "art", target="tpu-like", buckets="batch=1,4;len=16,64")
+    hf = hf_model(ckpt)
+    got = llmirc.load(art).generate(PROMPTS, max_tokens=NEW_TOKENS, stop_token_ids=())
+    assert [c.token_ids for c in got] == [hf_greedy(hf, p, NEW_TOKENS)[0] for p in PROMPTS]
+
+
 # ---- GPT-2 and Falcon: every form against transformers in the interpreter (no compile) ----------
 
 # forms the compiled cases above do not cover, or cover through another checkpoint layout

@@ -288,7 +288,9 @@ def test_other_ops_match_interpreter():
 @pytest.mark.parametrize("strategy", ["decomposed", "fused"])
 def test_sliding_window_and_softcap_match_interpreter(tiny_checkpoint, strategy):
     """paged_attention with window 3 and softcap 1.5 (fused falls back to decomposed for the
-    cap): compiled prefill + decode logits equal the interpreter's."""
+    cap): compiled prefill + decode logits equal the interpreter's. Decode reads only the
+    pages inside the window: pages wholly before it hold NaN in the compiled pool (a NaN
+    value row read with probability 0 still makes NaN), and the logits do not change."""
     from iree.compiler import ir
 
     m = Paged(tiny_checkpoint, 0)
@@ -308,6 +310,14 @@ def test_sliding_window_and_softcap_match_interpreter(tiny_checkpoint, strategy)
     nxt = ref.argmax(-1).astype(np.int64)
     ref, _ = run_function(m.module, "decode", [nxt, LENS, TABLES, ref_pool], m.weights)
     got, _ = compiled.fn("decode")(nxt, LENS, TABLES, dev_pool)
+    np.testing.assert_allclose(np.asarray(got.to_host()), ref, atol=ATOL, rtol=0)
+    # decoding at position LENS[b] sees LENS[b] - 2 .. LENS[b]: rows 0 and 2 have pages wholly before it
+    outside = [int(TABLES[b, c]) for b, n in enumerate(LENS) for c in range(int(n) // BLOCK)
+               if (c + 1) * BLOCK <= n - 2]
+    assert sorted(outside) == [2, 3, 6]
+    poisoned = ref_pool.copy()
+    poisoned[outside] = np.nan
+    got, _ = compiled.fn("decode")(nxt, LENS, TABLES, compiled.pool(poisoned))
     np.testing.assert_allclose(np.asarray(got.to_host()), ref, atol=ATOL, rtol=0)
     full = Paged(tiny_checkpoint, 0)  # the window and cap change the answer
     plain, _ = run_function(full.module, "prefill", [tokens, LENS, TABLES, initial.copy()], full.weights)
