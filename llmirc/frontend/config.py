@@ -169,6 +169,10 @@ def config_from_dict(cfg: dict, path: Path | str, max_seq_len: int | None = None
     layers = int(_require(cfg, "num_hidden_layers", path))
     windows = _attention_windows(cfg, path, seq_len, layers, family)
     rope, rope_warnings = read_rope(cfg, str(path), ctx)
+    try:
+        rope.inv_freq(head_dim)  # a factor list of the wrong length is refused now, with the file named
+    except CheckpointError as e:
+        raise CheckpointError(f"{path}: {e}") from None
     orig = rope.params.get("original_max_position_embeddings", seq_len)
     if rope.kind == "longrope" and seq_len > orig:
         raise CheckpointError(

@@ -1,6 +1,6 @@
 """A compiler pass that fuses the gate and up projections of a gated MLP into one matmul.
 
-Match: two bias-free linears on the same input, g and u, used as mul(act(g), u) with act silu
+Match: two linears on the same input (both with a bias or neither), g and u, used as mul(act(g), u) with act silu
 (SwiGLU) or gelu, erf or tanh (Gemma's GeGLU); fuse-matmul-activation then makes the activation
 the fused matmul's epilogue.
 """

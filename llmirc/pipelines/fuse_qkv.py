@@ -1,7 +1,7 @@
 """A compiler pass that fuses the q, k and v projections into one matmul.
 
-Match: 2+ bias-free linears on the same input whose results are each split
-into heads (`llm.reshape` to rank 4) — the attention projections.
+Match: 2+ linears on the same input, all with a bias or all without, whose results are
+each split into heads (`llm.reshape` to rank 4) — the attention projections.
 """
 
 from __future__ import annotations

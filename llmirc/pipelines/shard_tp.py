@@ -286,7 +286,8 @@ class _Planner:
         for name, own in _weight_parts(self, op, wv, parts):
             self.add_split(op, WeightSplit(name, 0, own))
         if bias is not None:
-            self.add_split(op, WeightSplit(_weight_name(self, op, bias), 0, parts))
+            for name, own in _weight_parts(self, op, bias, parts):
+                self.add_split(op, WeightSplit(name, 0, own))
         out_parts = parts[:1] if activation in GATED_ACTIVATIONS else parts
         if role in GATHER:
             self.gather_after.append(loc)
@@ -334,8 +335,8 @@ def _weight_name(planner: _Planner, op: ir.Operation, v: ir.Value) -> str:
 
 
 def _weight_parts(planner: _Planner, op: ir.Operation, v: ir.Value, parts: tuple[Part, ...]):
-    """(weight name, its parts) for a linear's weight: one weight holding every part, or a
-    weight-only concat (fuse-qkv without fold-weights) whose operands are the parts."""
+    """(weight name, its parts) for a linear's weight or bias: one weight holding every part, or
+    a weight-only concat (fuse-qkv without fold-weights) whose operands are the parts."""
     w = producer(v, "weight")
     if w is not None:
         return [(attrs_of(w)["name"], parts)]

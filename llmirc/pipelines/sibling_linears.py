@@ -1,7 +1,8 @@
 """Shared by fuse-qkv and fuse-gate-up: turn sibling linears into one wider linear.
 
 Linears that read the same input become `linear(x, concat(w1, w2, ...))`
-followed by one `slice` per original result. One matmul reads x once and
+(with `concat(b1, b2, ...)` when each has a bias) followed by one `slice` per original
+result. One matmul reads x once and
 streams one weight, instead of launching a matmul per projection.
 """
 
@@ -15,12 +16,16 @@ from .rewrite import llm_ops, operands_of, producer, replace_op
 
 
 def sibling_groups(func: ir.Operation) -> list[list[ir.Operation]]:
-    """Bias-free linears grouped by their shared input, in program order, groups of 2+."""
-    groups: dict[ir.Value, list[ir.Operation]] = {}
+    """Linears on weight ops grouped by their shared input, in program order, groups of 2+.
+
+    Linears with a bias (a weight op too: Qwen2's q/k/v) group apart from bias-free ones, so
+    a fused linear has a bias for every row or for none."""
+    groups: dict[tuple[ir.Value, bool], list[ir.Operation]] = {}
     for op in llm_ops(func, "linear"):
         x, w, bias = operands_of(op)
-        if bias is None and producer(w, "weight") is not None:
-            groups.setdefault(x, []).append(op)
+        if producer(w, "weight") is None or (bias is not None and producer(bias, "weight") is None):
+            continue
+        groups.setdefault((x, bias is not None), []).append(op)
     return [g for g in groups.values() if len(g) > 1]
 
 
@@ -51,10 +56,15 @@ def fuse_linears(group: list[ir.Operation], loc: str) -> None:
         if op.is_before_in_block(first):
             first = op
     weights = [operands_of(op)[1] for op in group]
-    for w in weights:  # weight ops take no operands: hoisting them above the first linear is always legal
-        w.owner.operation.move_before(first)
+    biases = [operands_of(op)[2] for op in group]
+    for w in weights + [x for x in biases if x is not None]:
+        w.owner.operation.move_before(first)  # weight ops take no operands: hoisting them is always legal
     b = Builder(ir.InsertionPoint(first))
-    fused = b.linear(operands_of(first)[0], b.concat(weights, axis=0, loc=loc + ".weight"), loc=loc)
+    fused_w = b.concat(weights, axis=0, loc=loc + ".weight")
+    if biases[0] is None:
+        fused = b.linear(operands_of(first)[0], fused_w, loc=loc)
+    else:
+        fused = b.linear(operands_of(first)[0], fused_w, b.concat(biases, axis=0, loc=loc + ".bias"), loc=loc)
     start, slices = 0, []
     for op in group:  # build every slice before erasing: the insertion point is `first`
         n = from_mlir(op.results[0].type).shape[-1]

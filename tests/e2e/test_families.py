@@ -388,3 +388,14 @@ def test_phi3_longrope_past_its_original_length_is_refused(tmp_path):
 
     with pytest.raises(CheckpointError, match=r"use --max-seq-len 128 or less"):
         load_config(_phi3_longrope(tmp_path))
+
+
+def test_longrope_factors_of_the_wrong_length_are_refused_naming_the_file(tmp_path):
+    from llmirc.errors import CheckpointError
+
+    ckpt = _phi3_longrope(tmp_path)
+    cfg = json.loads((ckpt / "config.json").read_text())
+    cfg["rope_parameters"]["short_factor"] = cfg["rope_parameters"]["short_factor"][:-1]
+    (ckpt / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(CheckpointError, match=r"config\.json: longrope short_factor / long_factor must have"):
+        load_config(ckpt, max_seq_len=128)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 
@@ -120,3 +122,19 @@ def test_gated_fusion_covers_geglu(model_type, overrides, activation, tmp_path):
     PassManager(parse_pipeline(_names(pipeline_for_level(2, 4, QuantConfig(8, 32)))), weights=store).run(model.module)
     got = run_model(model.module, store, tokens, lens)
     assert all(np.abs(g - r).max() < 0.05 * np.abs(r).max() for g, r in zip(got, ref))
+
+
+def test_qkv_with_bias_fuses_with_its_bias(tmp_path):
+    """Qwen2's q/k/v carry a bias (o_proj does not): fuse-qkv makes one linear whose bias is the
+    concatenation, and the interpreter shows -O2 preserves meaning; one linear with a bias
+    and one without on the same input stay apart."""
+    from tests.hf_checkpoints import save_hf_model
+
+    model = import_checkpoint(save_hf_model(tmp_path / "ckpt", "qwen2", seed=3))
+    store = WeightStore.from_arrays(model.weights())
+    after = print_module(assert_pipeline_preserves(model.module, store, _names(pipeline_for_level(2, block_size=4)),
+                                                   atol=1e-4))
+    n = len(ENTRY_FUNCTIONS) * model.config.num_layers
+    fused = re.findall(r'"concat\((model\.layers\.\d+\.self_attn\.)q_proj\.bias,\1k_proj\.bias,\1v_proj\.bias\)"',
+                       after)
+    assert len(fused) == n and not re.search(r'"model\.layers\.\d+\.self_attn\.[qkv]_proj\.bias"', after)
