@@ -1,8 +1,8 @@
-"""Artifact size, decode and prefill tokens/s of one Llama with f32, f16, int8 and int4 weights.
+"""Artifact size, decode and prefill tokens/s of one Llama with f32, f16, int8, int4 and w8a8 weights.
 
     .venv/bin/python benchmarks/quantization.py                 # ~1.1B parameters (TinyLlama's shape)
     .venv/bin/python benchmarks/quantization.py --size small    # a minute, for a smoke run
-    .venv/bin/python benchmarks/quantization.py --accuracy      # + f32/int8/int4 accuracy of the trained model
+    .venv/bin/python benchmarks/quantization.py --accuracy      # + the accuracy of each on the trained model
     ... --write-docs                                            # put the tables into docs/quantization.md
 
 The random-weight checkpoint is written tensor by tensor (never all in memory: the 1.1B f32
@@ -33,7 +33,8 @@ from llmirc.testing.checkpoints import PRESETS, make_large_checkpoint, n_params
 
 from docs_section import write_doc_section
 
-PRECISIONS = {"f32": {}, "f16": {"dtype": "f16"}, "int8": {"quantize": "int8"}, "int4": {"quantize": "int4"}}
+PRECISIONS = {"f32": {}, "f16": {"dtype": "f16"}, "int8": {"quantize": "int8"}, "int4": {"quantize": "int4"},
+              "w8a8": {"quantize": "w8a8"}}
 DOC = Path(__file__).resolve().parent.parent / "docs" / "quantization.md"
 
 
@@ -107,6 +108,7 @@ def accuracy_table(tmp: Path) -> str:
     target = accuracy.targets(windows)
     variants = {"f32": {}, "int8 (g128, sym)": {"quantize": "int8"}, "int4 (g128, sym)": {"quantize": "int4"},
                 "int4 (g32, asym)": {"quantize": "int4", "group_size": 32, "symmetric": False},
+                "w8a8 (down_proj int8 g128)": {"quantize": "w8a8"},
                 "f16": {"dtype": "f16"}, "bf16": {"dtype": "bf16"}}
     logits = {}
     for name, kw in variants.items():
@@ -128,7 +130,7 @@ def accuracy_table(tmp: Path) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", choices=list(PRESETS), default="1b")
-    ap.add_argument("--precisions", default="f32,f16,int8,int4")
+    ap.add_argument("--precisions", default="f32,f16,int8,int4,w8a8")
     ap.add_argument("--prompt", type=int, default=32)
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--reps", type=int, default=3)

@@ -89,9 +89,11 @@ def main() -> None:
 @click.option("--buckets", metavar="SPEC", help="Static-shape targets (tpu-like): compiled shapes, e.g. "
               "'batch=1,4;len=32,128;pages=65' (default: batch 1,4; lengths 32,128,... up to max_seq_len).")
 @click.option("--passes", help="Custom pipeline replacing -O's, e.g. 'blockify-kv-cache{block_size=32}'.")
-@click.option("--quantize", metavar="int8|int4", help="Store linear weights group-quantized (docs/quantization.md).")
+@click.option("--quantize", metavar="int8|int4|w8a8", help="Store linear weights group-quantized; w8a8 also "
+              "quantizes activations per token for integer matmuls (docs/quantization.md).")
 @click.option("--group-size", type=click.IntRange(1), help="With --quantize: in-features per scale (default 128; a "
-              "layer it does not divide takes the largest divisor below; manifest records each layer's).")
+              "layer it does not divide takes the largest divisor below; manifest records each layer's; w8a8: "
+              "its weight-only down_proj, the rest has one scale per output channel).")
 @click.option("--symmetric/--asymmetric", default=True, show_default=True,
               help="Zero points: none (symmetric) or one per group (asymmetric; int4 values then 0..15).")
 @click.option("--keep-float", default="embed,lm_head", show_default=True,

@@ -240,7 +240,8 @@ def compile_checkpoint(opts: CompileOptions, progress: Progress | None = _stderr
     from .lowering import lower_to_iree
 
     t = stage(f"lower to IREE input (attention: {target.attention})")
-    decode_batches = target.decode_batches(opts.opt_level, quantized=quant is not None)
+    # weight-only quantized kernels are faster with a dynamic batch; w8a8's integer matmuls with a static one
+    decode_batches = target.decode_batches(opts.opt_level, quantized=quant is not None and not quant.act_bits)
     iree_input = target.module_text(lower_to_iree(model.module, attention=target.attention, buckets=buckets,
                                                   tile=target.systolic_tile, backend=_backend(target),
                                                   decode_batches=decode_batches))
@@ -254,7 +255,8 @@ def compile_checkpoint(opts: CompileOptions, progress: Progress | None = _stderr
 
     t = stage(f"iree-compile for {target.full_name}")
     with _ticking(current[0], tick if progress else None):
-        vmfb = compile_iree(iree_input, target.compile_flags(opts.opt_level))
+        vmfb = compile_iree(iree_input, target.compile_flags(opts.opt_level,
+                                                             integer_matmuls=bool(quant and quant.act_bits)))
     result.stage_seconds["iree-compile"] = time.perf_counter() - t
 
     t = stage(f"write artifact {opts.output}")

@@ -284,7 +284,26 @@ def _dequantize(a, q, scales, zeros=None):
 
 @impl("quantized_matmul")
 def _quantized_matmul(a, x, q, scales, zeros=None):
+    if a.get("act_bits"):
+        x = fake_quantize_rows(x)
     return x @ _dequantize(a, q, scales, zeros).T
+
+
+ACT_TINY = np.float32(1e-30)  # floor of max |x| before 127 / max |x|: a zero row stays zero
+
+
+def act_quantize_rows(x: Array) -> tuple[Array, Array]:
+    """int8 rows of `x` and their scales: q = roundeven(x * (127 / max|x|)), scale = max|x| / 127.
+    In f32, in this order, as the lowering computes it (lowering/quantized.py)."""
+    x = np.asarray(x, np.float32)
+    amax = np.abs(x).max(axis=-1, keepdims=True)
+    q = np.rint(x * (np.float32(127.0) / np.maximum(amax, ACT_TINY))).astype(np.int8)
+    return q, (amax / np.float32(127.0)).astype(np.float32)
+
+
+def fake_quantize_rows(x: Array) -> Array:
+    q, s = act_quantize_rows(x)
+    return q.astype(np.float32) * s
 
 
 def _dequantize_experts(bits: int, group_size: int, q: Array, scales: Array, zeros: Array | None) -> Array:

@@ -97,6 +97,7 @@ class Emitter:
         self._consts: dict[tuple[str, str], str] = {}
         self.indent = "  "
         self.tile: int | None = None  # systolic tile: linears' matmuls padded to it (systolic.py)
+        self.function = ""  # the entry point being emitted ("prefill", "decode_b1", ...)
 
     # ---- names and raw ops ------------------------------------------------------------
 

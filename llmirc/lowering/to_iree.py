@@ -171,6 +171,7 @@ class _ModuleLowering:
         self._loads = {}
         e = Emitter(self.counter)
         e.tile = self.options.get("tile")
+        e.function = export or fname
         block = func.regions[0].blocks[0]
         env: dict[ir.Value, TV] = {}
         origin: dict[str, int] = {}  # pool value name -> index of the pool argument it updates

@@ -87,6 +87,7 @@ class TargetProfile:
     static_shapes: bool = False
     notes: str = ""
     o3_flags: tuple[str, ...] = field(default=())  # extra iree-compile flags that measured faster
+    integer_matmul_flags: tuple[str, ...] = field(default=())  # more flags for w8a8's i8 x i8 matmuls
     # `#hal.device.target<...>` text put on the module (hal.device.targets) when IREE's own
     # target table lacks the variant (CUDA sm_90 in IREE 3.13: "missing GPU target").
     device_target_attr: str | None = None
@@ -108,8 +109,10 @@ class TargetProfile:
     def full_name(self) -> str:
         return f"{self.name}:{self.variant}"
 
-    def compile_flags(self, opt_level: int) -> list[str]:
-        return list(self.flags) + (list(self.o3_flags) if opt_level >= 3 else [])
+    def compile_flags(self, opt_level: int, integer_matmuls: bool = False) -> list[str]:
+        """iree-compile flags; `integer_matmuls` (w8a8) adds `integer_matmul_flags`."""
+        flags = list(self.flags) + (list(self.o3_flags) if opt_level >= 3 else [])
+        return flags + [f for f in (self.integer_matmul_flags if integer_matmuls else ()) if f not in flags]
 
     def check_precision(self, dtype: str = "f32", quantize: str | None = None) -> None:
         """One clear error when the target cannot run `--dtype dtype` / `--quantize quantize`."""

@@ -40,7 +40,8 @@ def f32_logits(text_windows):
     return _logits(text_windows, None)
 
 
-@pytest.mark.parametrize("scheme,min_agreement,max_ppl_delta", [("int8", 0.99, 0.05), ("int4", 0.90, 0.5)])
+@pytest.mark.parametrize("scheme,min_agreement,max_ppl_delta", [("int8", 0.99, 0.05), ("int4", 0.90, 0.5),
+                                                                 ("w8a8", 0.99, 0.05)])
 def test_top1_agreement_with_f32(text_windows, f32_logits, scheme, min_agreement, max_ppl_delta):
     got = _logits(text_windows, QuantConfig.parse(scheme))
     scores = accuracy.compare(f32_logits, got, accuracy.targets(text_windows))

@@ -39,6 +39,8 @@ CASES = {  # name -> (CompileOptions overrides, -O level)
     "int4-asym": (dict(quantize="int4", group_size=32, symmetric=False), 3),
     "int4-sym-all-f16": (dict(quantize="int4", group_size=16, keep_float="", dtype="f16"), 3),  # lm_head too
     "bf16": (dict(dtype="bf16"), 2),
+    "w8a8": (dict(quantize="w8a8"), 3),  # integer matmuls; decode through decode_b1 (static batch)
+    "w8a8-all-O2": (dict(quantize="w8a8", keep_float=""), 2),  # lm_head too; dynamic decode
 }
 
 
@@ -61,7 +63,7 @@ def artifacts(checkpoint, tmp_path_factory) -> dict[str, Path]:
 def _interpreted(checkpoint: Path, kw: dict, level: int):
     """The optimized IR and its weights, as `compile_checkpoint` builds them."""
     m = import_checkpoint(checkpoint)
-    quant = QuantConfig.parse(kw["quantize"], kw.get("group_size", 128), kw.get("symmetric", True),
+    quant = QuantConfig.parse(kw["quantize"], kw.get("group_size") or 128, kw.get("symmetric", True),
                               kw.get("keep_float", "embed,lm_head")) if "quantize" in kw else None
     store = m.weight_store()
     PassManager(pipeline_for_level(level, PAGE, quant, kw.get("dtype", "f32")), weights=store).run(m.module)
@@ -102,6 +104,37 @@ def test_compiled_matches_interpreter(checkpoint, artifacts, case):
     assert [int(r.argmax()) for r in ref] == [int(g.argmax()) for g in got]
     for r, g in zip(ref, got):
         np.testing.assert_allclose(g, r, atol=2e-4 * max(1.0, np.abs(r).max()), rtol=0)
+
+
+def test_w8a8_quantizes_the_activations(checkpoint, artifacts):
+    """The w8a8 artifact follows the interpreter's int8 activations: the same IR with float
+    activations (act_bits 0, the per-channel int8 weights kept) is further off than the
+    compiled-vs-interpreter tolerance, so that comparison would catch a lowering that skipped them."""
+    from iree.compiler import ir
+
+    module, store = _interpreted(checkpoint, *CASES["w8a8"])
+    with module.context:
+        for f in functions(module).values():
+            for op in f.regions[0].blocks[0].operations:
+                if op.operation.name == "llm.quantized_matmul":
+                    op.operation.attributes["act_bits"] = ir.IntegerAttr.get(ir.IntegerType.get_signless(64), 0)
+    weight_only = _greedy_interpreter(module, store)
+    got = _greedy_engine(artifacts["w8a8"])
+    assert max(np.abs(g - r).max() / max(1.0, np.abs(r).max()) for g, r in zip(got, weight_only)) > 2.5 * 2e-4
+
+
+def test_w8a8_stores_values_as_checkpoints_do(checkpoint, artifacts):
+    """w8a8 values stay [out, in] in the archive (the integer matmul reads them as stored), with
+    one scale per output channel; down_proj stays weight-only int8 (stored [in, out], grouped)."""
+    params = read_params(artifacts["w8a8"] / "model.irpa")
+    q = [n for n in params if n.endswith(".qweight")]
+    assert q and all(params[n].dtype == np.int8 for n in q)
+    qkv = next(n for n in q if "q_proj" in n)
+    out = SPEC.hidden + 2 * SPEC.kv_heads * SPEC.hidden // SPEC.heads
+    assert params[qkv].shape == (out, SPEC.hidden)
+    assert params[qkv.replace(".qweight", ".scales")].shape == (out, 1)
+    down = next(n for n in q if "down_proj" in n)
+    assert params[down].shape == (SPEC.intermediate, SPEC.hidden) and "_g128_" in down
 
 
 def test_archive_holds_packed_transposed_int4(checkpoint, artifacts):

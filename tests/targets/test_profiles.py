@@ -28,7 +28,7 @@ def test_profile_is_consistent(profile):
     assert f"--iree-hal-target-device={profile.device}" in profile.flags
     assert profile.attention in ("decomposed", "fused")
     assert profile.dtypes and set(profile.dtypes) <= {"f32", "f16", "bf16"}
-    assert set(profile.quantize) <= {"int8", "int4"}
+    assert set(profile.quantize) <= {"int8", "int4", "w8a8"}
     assert profile.page_size > 0 and profile.index_dtype in ("i32", "i64")
     assert profile.static_shapes == (profile.buckets is not None)
     assert resolve(profile.full_name) == profile

@@ -7,13 +7,13 @@
 // CHECK-DAG:   %[[Q:.+]] = "llm.weight"() {name = "l.gate_up.weight.int4_g64_asym.qweight"} : () -> tensor<192x64xi4>
 // CHECK-DAG:   %[[S:.+]] = "llm.weight"() {name = "l.gate_up.weight.int4_g64_asym.scales"} : () -> tensor<192x1xf32>
 // CHECK-DAG:   %[[Z:.+]] = "llm.weight"() {name = "l.gate_up.weight.int4_g64_asym.qzeros"} : () -> tensor<192x1xi8>
-// CHECK:       %[[Y:.+]] = "llm.quantized_matmul"(%arg0, %[[Q]], %[[S]], %[[Z]]) {bits = 4 : i64, group_size = 64 : i64
+// CHECK:       %[[Y:.+]] = "llm.quantized_matmul"(%arg0, %[[Q]], %[[S]], %[[Z]]) {act_bits = 0 : i64, bits = 4 : i64, group_size = 64 : i64
 // CHECK-SAME:    -> tensor<?x?x192xf32>
 // CHECK-DAG:   %[[G:.+]] = "llm.slice"(%[[Y]]) {axis = -1 : i64, size = 96 : i64, start = 0 : i64}
 // CHECK-DAG:   %[[U:.+]] = "llm.slice"(%[[Y]]) {axis = -1 : i64, size = 96 : i64, start = 96 : i64}
 // CHECK:       %[[A:.+]] = "llm.silu"(%[[G]])
 // CHECK:       %[[H:.+]] = "llm.mul"(%[[A]], %[[U]])
-// CHECK:       %[[D:.+]] = "llm.quantized_matmul"(%[[H]], {{.+}}) {bits = 4 : i64, group_size = 48 : i64
+// CHECK:       %[[D:.+]] = "llm.quantized_matmul"(%[[H]], {{.+}}) {act_bits = 0 : i64, bits = 4 : i64, group_size = 48 : i64
 // CHECK-SAME:    (tensor<?x?x96xf32>, tensor<64x96xi4>, tensor<64x2xf32>, tensor<64x2xi8>) -> tensor<?x?x64xf32>
 // CHECK:       %[[R:.+]] = "llm.add"(%[[D]], %{{.+}})
 // CHECK:       %[[L:.+]] = "llm.linear"(%[[R]], %{{.+}}) {{.+}} : (tensor<?x?x64xf32>, tensor<100x64xf32>)

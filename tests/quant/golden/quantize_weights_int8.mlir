@@ -1,7 +1,7 @@
 // RUN: llmirc opt %s --passes='quantize-weights{group_size=32}' | filecheck %s
 // int8, symmetric (the default): no zero points; a gelu epilogue stays gelu.
 // CHECK-LABEL: func.func @gelu_int8
-// CHECK:       %[[Y:.+]] = "llm.quantized_matmul"(%arg0, %{{.+}}, %{{.+}}) {bits = 8 : i64, group_size = 32 : i64
+// CHECK:       %[[Y:.+]] = "llm.quantized_matmul"(%arg0, %{{.+}}, %{{.+}}) {act_bits = 0 : i64, bits = 8 : i64, group_size = 32 : i64
 // CHECK-SAME:    (tensor<?x32xf32>, tensor<16x32xi8>, tensor<16x1xf32>) -> tensor<?x16xf32>
 // CHECK:       "llm.gelu"(%[[Y]]) {approximate = "tanh"}
 func.func @gelu_int8(%x: tensor<?x32xf32>) -> tensor<?x16xf32> {
