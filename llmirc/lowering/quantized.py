@@ -171,10 +171,10 @@ def _integer_matmul(e: Emitter, op: LOp) -> TV:
     xq = roundeven(x * (127 / max(amax, tiny))) per row, as the interpreter's
     act_quantize_rows. The product is a plain `linalg.matmul` on i8 x i8 -> i32 with the
     weight [out, in] as stored: IREE's data tiling packs the weight once at load into its
-    integer mmt4d tiles (VNNI where the CPU has it). Measured alone on one 2048 x 11264 layer:
-    0.83-0.95 ms at a static batch of 1 (24-28 GB/s of weights, the OpenBLAS gemv's bandwidth)
-    against 2.9 ms for the weight-only int8 kernel; at 128 rows 30 ms, against 47 ms for the
-    f32 data-tiled matmul and 128-137 ms for this one without data tiling (docs/quantization.md).
+    integer mmt4d layout. Measured alone on one 2048 x 11264 layer (L3-resident): 0.83-0.95 ms
+    at a static batch of 1 against 1.6-3.7 ms for the weight-only int8 kernel; at 128 rows
+    30 ms, against 47 ms for the f32 data-tiled matmul and 128-137 ms for this one without data
+    tiling. In the 1.1B model (from DRAM) it streams 12-15 GB/s (docs/quantization.md).
     """
     x, q, s = op.operands[:3]
     ft = x.dtype
