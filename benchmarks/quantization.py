@@ -108,7 +108,7 @@ def accuracy_table(tmp: Path) -> str:
     target = accuracy.targets(windows)
     variants = {"f32": {}, "int8 (g128, sym)": {"quantize": "int8"}, "int4 (g128, sym)": {"quantize": "int4"},
                 "int4 (g32, asym)": {"quantize": "int4", "group_size": 32, "symmetric": False},
-                "w8a8 (down_proj int8 g128)": {"quantize": "w8a8"},
+                "w8a8 (two planes on down_proj)": {"quantize": "w8a8"},
                 "f16": {"dtype": "f16"}, "bf16": {"dtype": "bf16"}}
     logits = {}
     for name, kw in variants.items():

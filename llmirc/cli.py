@@ -92,8 +92,8 @@ def main() -> None:
 @click.option("--quantize", metavar="int8|int4|w8a8", help="Store linear weights group-quantized; w8a8 also "
               "quantizes activations per token for integer matmuls (docs/quantization.md).")
 @click.option("--group-size", type=click.IntRange(1), help="With --quantize: in-features per scale (default 128; a "
-              "layer it does not divide takes the largest divisor below; manifest records each layer's; w8a8: "
-              "its weight-only down_proj, the rest has one scale per output channel).")
+              "layer it does not divide takes the largest divisor below; manifest records each layer's; w8a8 "
+              "linears have one scale per output channel, only MoE experts use it).")
 @click.option("--symmetric/--asymmetric", default=True, show_default=True,
               help="Zero points: none (symmetric) or one per group (asymmetric; int4 values then 0..15).")
 @click.option("--keep-float", default="embed,lm_head", show_default=True,

@@ -285,7 +285,7 @@ def _dequantize(a, q, scales, zeros=None):
 @impl("quantized_matmul")
 def _quantized_matmul(a, x, q, scales, zeros=None):
     if a.get("act_bits"):
-        x = fake_quantize_rows(x)
+        x = sum(p.astype(np.float32) * s for p, s in act_planes(x, a["act_bits"] // 8))
     return x @ _dequantize(a, q, scales, zeros).T
 
 
@@ -301,9 +301,15 @@ def act_quantize_rows(x: Array) -> tuple[Array, Array]:
     return q, (amax / np.float32(127.0)).astype(np.float32)
 
 
-def fake_quantize_rows(x: Array) -> Array:
-    q, s = act_quantize_rows(x)
-    return q.astype(np.float32) * s
+def act_planes(x: Array, n: int) -> list[tuple[Array, Array]]:
+    """`n` int8 planes of x's rows with their scales: the first is act_quantize_rows(x), each
+    next one quantizes what the planes so far missed (x - q * scale, in f32)."""
+    planes, rest = [], np.asarray(x, np.float32)
+    for _ in range(n):
+        q, s = act_quantize_rows(rest)
+        planes.append((q, s))
+        rest = rest - q.astype(np.float32) * s
+    return planes
 
 
 def _dequantize_experts(bits: int, group_size: int, q: Array, scales: Array, zeros: Array | None) -> Array:

@@ -419,7 +419,7 @@ def _quantized_matmul(ts: Types, attrs: Attrs):
     x, q, s = _float(ts[0], "input"), _int(ts[1], "values"), _float(ts[2], "scales")
     _check_q(q, s, ts[3] if len(ts) > 3 else None, attrs)
     if attrs["act_bits"]:
-        expect(attrs["bits"] == 8 and (len(ts) < 4 or ts[3] is None), "act_bits 8 takes symmetric int8 weights (no zero points)")
+        expect(attrs["bits"] == 8 and (len(ts) < 4 or ts[3] is None), "act_bits takes symmetric int8 weights (no zero points)")
     _last_dim(x, q.shape[1], "input vs weight [out, in]")
     return (TensorT(x.shape[:-1] + (q.shape[0],), x.dtype),)
 
@@ -428,10 +428,11 @@ register(OpSpec(
     "quantized_matmul", "linear with a group-quantized weight: input @ dequantize(q)^T, "
     "dequantized inside the matmul, never as a whole matrix. act_bits 8: each row of the input "
     "is first quantized to int8 with its own scale (max |x| / 127, round half to even), so the "
-    "product is an integer one (int8 x int8 -> int32) scaled after.",
+    "product is an integer one (int8 x int8 -> int32) scaled after. act_bits 16: two int8 "
+    "planes, the row's int8 form and the int8 form of what it missed, each with its own scale.",
     operands=(Operand("input", "float"), Operand("values", "int", 2), Operand("scales", "float", 2),
               Operand("zero_points", "int", 2, optional=True)),
-    attrs=_QATTRS + (Attr("act_bits", "i64", 0, choices=(0, 8)),), infer=_quantized_matmul))
+    attrs=_QATTRS + (Attr("act_bits", "i64", 0, choices=(0, 8, 16)),), infer=_quantized_matmul))
 
 
 def _check_q3(q: TensorT, scales: TensorT, zeros: LlmType | None, group_size: int, what: str) -> None:

@@ -166,12 +166,14 @@ def quantized_matmul(e: Emitter, op: LOp) -> list[TV]:
 
 
 def _integer_matmul(e: Emitter, op: LOp) -> TV:
-    """w8a8: y[m, n] = int32(sum_k xq[m, k] * q[n, k]) * (amax[m] / 127) * s[n, 0].
+    """w8a8: y[m, n] = sum_p int32(sum_k xq_p[m, k] * q[n, k]) * scale_p[m] * s[n, 0].
 
-    xq = roundeven(x * (127 / max(amax, tiny))) per row, as the interpreter's
-    act_quantize_rows. The product is a plain `linalg.matmul` on i8 x i8 -> i32 with the
-    weight [out, in] as stored: IREE's data tiling packs the weight once at load into its
-    integer mmt4d layout. Measured alone on one 2048 x 11264 layer (L3-resident): 0.83-0.95 ms
+    Plane 0 is xq = roundeven(x * (127 / max(amax, tiny))) per row with scale amax / 127; with
+    act_bits 16 plane 1 quantizes the residual x - xq * scale the same way, and both planes go
+    through one product of 2M rows (the weight is read once). All as the interpreter's
+    act_planes. The product is a plain `linalg.matmul` on i8 x i8 -> i32 with the weight
+    [out, in] as stored: IREE's data tiling packs the weight once at load into its integer
+    mmt4d layout. Measured alone on one 2048 x 11264 layer (L3-resident): 0.83-0.95 ms
     at a static batch of 1 against 1.6-3.7 ms for the weight-only int8 kernel; at 128 rows
     30 ms, against 47 ms for the f32 data-tiled matmul and 128-137 ms for this one without data
     tiling. In the 1.1B model (from DRAM) it streams 12-15 GB/s (docs/quantization.md).
@@ -182,29 +184,63 @@ def _integer_matmul(e: Emitter, op: LOp) -> TV:
         raise LoweringError(f"w8a8 quantized_matmul takes f32 input and scales and i8 values, "
                             f"got {ft}, {s.dtype} and {q.dtype}")
     n, k = q.dims
+    planes = op.attrs["act_bits"] // 8
     x2 = _as_2d(e, x)
     m = x2.dims[0]
-    amax = e.generic(2, [(x2, ["d0", "d1"])], [(e.filled((m,), ft, 0.0), ["d0"])],
-                     lambda a: [e.v(f"arith.maximumf {e.v(f'math.absf {a[0]} : {ft}')}, {a[1]} : {ft}")],
-                     reductions=(1,))[0]
     c127, tiny = e.const(127.0, ft), e.const(1e-30, ft)
 
-    def quantize(a):
-        inv = e.v(f"arith.divf {c127}, {e.v(f'arith.maximumf {a[1]}, {tiny} : {ft}')} : {ft}")
-        r = e.v(f"math.roundeven {e.v(f'arith.mulf {a[0]}, {inv} : {ft}')} : {ft}")
-        return [e.v(f"arith.fptosi {r} : {ft} to i8")]
+    def quantized(v: str, amax: str) -> tuple[str, str]:
+        """(roundeven(v * 127 / max(amax, tiny)) as f32, amax / 127)."""
+        inv = e.v(f"arith.divf {c127}, {e.v(f'arith.maximumf {amax}, {tiny} : {ft}')} : {ft}")
+        return (e.v(f"math.roundeven {e.v(f'arith.mulf {v}, {inv} : {ft}')} : {ft}"),
+                e.v(f"arith.divf {amax}, {c127} : {ft}"))
 
-    xq = e.generic(2, [(x2, ["d0", "d1"]), (amax, ["d0"])], [(e.empty((m, k), "i8"), ["d0", "d1"])], quantize)[0]
-    acc = e.filled((m, n), "i32", 0)
+    def residual(v: str, amax: str) -> str:
+        r, scale = quantized(v, amax)
+        return e.v(f"arith.subf {v}, {e.v(f'arith.mulf {r}, {scale} : {ft}')} : {ft}")
+
+    def row_max(value) -> TV:  # max over k of |value(block args)| per row
+        return e.generic(2, ins, [(e.filled((m,), ft, 0.0), ["d0"])],
+                         lambda a: [e.v(f"arith.maximumf {e.v(f'math.absf {value(a)} : {ft}')}, {a[-1]} : {ft}")],
+                         reductions=(1,))[0]
+
+    ins = [(x2, ["d0", "d1"])]
+    amax = [row_max(lambda a: a[0])]
+    if planes == 2:
+        ins = [(x2, ["d0", "d1"]), (amax[0], ["d0"])]
+        amax.append(row_max(lambda a: residual(a[0], a[1])))
+
+    def quantize(a):
+        v = a[0] if planes == 1 else e.v(f"arith.select {e.v(f'arith.cmpi eq, {e.index(0)}, {e.idx(0)} : index')}, "
+                                         f"{a[0]}, {residual(a[0], a[1])} : {ft}")
+        amx = a[1] if planes == 1 else e.v(f"arith.select {e.v(f'arith.cmpi eq, {e.index(0)}, {e.idx(0)} : index')}, "
+                                           f"{a[1]}, {a[2]} : {ft}")
+        return [e.v(f"arith.fptosi {quantized(v, amx)[0]} : {ft} to i8")]
+
+    if planes == 1:
+        xq = e.generic(2, [(x2, ["d0", "d1"]), (amax[0], ["d0"])], [(e.empty((m, k), "i8"), ["d0", "d1"])],
+                       quantize)[0]
+    else:  # loops (plane, m, k); plane 1 quantizes the residual of plane 0
+        xq = e.collapse(e.generic(3, [(x2, ["d1", "d2"]), (amax[0], ["d1"]), (amax[1], ["d1"])],
+                                  [(e.empty((2, m, k), "i8"), ["d0", "d1", "d2"])], quantize)[0], [[0, 1], [2]])
+    rows = xq.dims[0]
+    acc = e.filled((rows, n), "i32", 0)
     maps = ", ".join(affine_map(3, ex) for ex in (["d0", "d2"], ["d1", "d2"], ["d0", "d1"]))
     prod = TV(e.v(f"linalg.matmul indexing_maps = [{maps}] ins({xq.name}, {q.name} : {xq.type}, {q.type}) "
-                  f"outs({acc.name} : {acc.type}) -> {acc.type}", "imm"), (m, n), "i32")
+                  f"outs({acc.name} : {acc.type}) -> {acc.type}", "imm"), (rows, n), "i32")
+    if planes == 2:
+        prod = e.expand(prod, [[0, 1], [2]], (2, m, n))
 
-    def scale(a):
-        sx = e.v(f"arith.divf {a[1]}, {c127} : {ft}")
-        y = e.v(f"arith.mulf {e.v(f'arith.sitofp {a[0]} : i32 to {ft}')}, {sx} : {ft}")
-        return [e.v(f"arith.mulf {y}, {a[2]} : {ft}")]
+    def scale(a):  # a: products (one per plane), amax (one per plane), weight scale, out
+        ys = []
+        for i in range(planes):
+            sx = e.v(f"arith.divf {a[planes + i]}, {c127} : {ft}")
+            ys.append(e.v(f"arith.mulf {e.v(f'arith.sitofp {a[i]} : i32 to {ft}')}, {sx} : {ft}"))
+        y = ys[0] if planes == 1 else e.v(f"arith.addf {ys[0]}, {ys[1]} : {ft}")
+        return [e.v(f"arith.mulf {y}, {a[2 * planes]} : {ft}")]
 
-    y = e.generic(2, [(prod, ["d0", "d1"]), (amax, ["d0"]), (s, ["d1", "0"])],
+    per_plane = ([(prod, ["d0", "d1"])] if planes == 1
+                 else [(prod, [str(i), "d0", "d1"]) for i in range(planes)])
+    y = e.generic(2, per_plane + [(a, ["d0"]) for a in amax] + [(s, ["d1", "0"])],
                   [(e.empty((m, n), ft), ["d0", "d1"])], scale)[0]
     return _from_2d(e, y, op.result_dims(0, x.dims[:-1] + (n,))[:-1])

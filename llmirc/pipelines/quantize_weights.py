@@ -17,8 +17,9 @@ decision is discontinuous in its logits.
 
 w8a8 (`act_bits=8`): the values are int8 with one scale per output channel and the op carries
 `act_bits = 8`: each row of its input is quantized to int8 when it runs, so the lowering's
-product is an integer matmul (int8 x int8 -> int32). Linears matching `float_act` (default
-W8A8_WEIGHT_ONLY) get the weight-only int8 form instead.
+product is an integer matmul (int8 x int8 -> int32). Linears matching `wide_act` (default
+W8A8_TWO_PLANES) get `act_bits = 16`: two int8 planes of their input (its int8 form and that of
+the residual), one integer product of twice the rows.
 
 Group size: `group_size` when it divides the in-features, else the largest divisor of the
 in-features below it, if at least MIN_GROUP; otherwise the layer keeps its float weight, as does
@@ -43,11 +44,12 @@ from .rewrite import apply_patterns, attrs_of, operands_of, producer
 SCHEMES = {"int8": 8, "int4": 4, "w8a8": 8}  # w8a8: int8 weights per output channel, int8 activations per row
 DEFAULT_KEEP = "embed|lm_head"  # "|"-separated: a pipeline text splits options at ","
 MIN_GROUP = 8
-# w8a8 keeps these linears weight-only (int8, grouped): down_proj reads the gated MLP's product,
-# whose outlier channels one int8 scale per token flattens. On the shipped model (Genesis 1,
-# 1114 predictions) top-1 agreement with f32 is 98.3 % with every linear w8a8 and 99.6 % with
-# down_proj weight-only (int8 g128 alone: 99.4 %) (docs/quantization.md).
-W8A8_WEIGHT_ONLY = "down_proj"
+# w8a8 gives these linears two int8 planes of their input: down_proj reads the gated MLP's
+# product, whose outlier channels one int8 scale per token flattens. On the shipped model
+# (Genesis 1, 1114 predictions) top-1 agreement with f32 is 98.3 % with one plane everywhere,
+# 99.1 % with two planes on down_proj (99.6 % with down_proj weight-only, which in a static-batch
+# decode ran at 6 G weights/s; int8 g128 alone: 99.4 %) (docs/quantization.md).
+W8A8_TWO_PLANES = "down_proj"
 INT4_OUT_MULTIPLE = 8  # IREE 3.13 llvm-cpu cannot compile masked i4 vector loads (a ragged last vector)
 
 
@@ -60,15 +62,15 @@ class QuantConfig:
     symmetric: bool = True
     keep: str = DEFAULT_KEEP
     act_bits: int = 0  # 8: activations quantized per row too, integer matmuls (w8a8)
-    float_act: str = ""  # with act_bits: linears (name / location substrings) that stay weight-only
+    wide_act: str = ""  # with act_bits: linears (name / location substrings) with two activation planes
 
     @classmethod
     def parse(cls, scheme: str, group_size: int = 128, symmetric: bool = True,
               keep: str = DEFAULT_KEEP) -> "QuantConfig":
         if scheme not in SCHEMES:
             raise PassError(f"--quantize must be one of {', '.join(SCHEMES)}, got '{scheme}'")
-        act_bits, float_act = (8, W8A8_WEIGHT_ONLY) if scheme == "w8a8" else (0, "")
-        config = cls(SCHEMES[scheme], group_size, symmetric, "|".join(keep_patterns(keep)), act_bits, float_act)
+        act_bits, wide_act = (8, W8A8_TWO_PLANES) if scheme == "w8a8" else (0, "")
+        config = cls(SCHEMES[scheme], group_size, symmetric, "|".join(keep_patterns(keep)), act_bits, wide_act)
         config.check()
         return config
 
@@ -88,7 +90,7 @@ class QuantConfig:
 
     def pass_spec(self) -> PassSpec:
         spec = {"bits": self.bits, "group_size": self.group_size, "symmetric": self.symmetric, "keep": self.keep}
-        act = {"act_bits": self.act_bits, "float_act": self.float_act} if self.act_bits else {}
+        act = {"act_bits": self.act_bits, "wide_act": self.wide_act} if self.act_bits else {}
         return ("quantize-weights", spec | act)
 
 
@@ -140,10 +142,10 @@ def _activation(b: Builder, y: ir.Value, activation: str, loc) -> ir.Value:
 
 @register_pass("quantize-weights", "Store linear weights as group-quantized int8/int4 (llm.quantized_matmul).",
                needs_weights=True, bits=8, group_size=128, symmetric=True, keep=DEFAULT_KEEP, act_bits=0,
-               float_act="")
+               wide_act="")
 def quantize_weights(module: ir.Module, weights, bits: int, group_size: int, symmetric: bool, keep: str,
-                     act_bits: int = 0, float_act: str = "") -> None:
-    QuantConfig(bits, group_size, symmetric, keep, act_bits, float_act).check()
+                     act_bits: int = 0, wide_act: str = "") -> None:
+    QuantConfig(bits, group_size, symmetric, keep, act_bits, wide_act).check()
     kept = keep_patterns(keep)
 
     def rewrite(op: ir.Operation) -> ir.Value | None:
@@ -153,8 +155,8 @@ def quantize_weights(module: ir.Module, weights, bits: int, group_size: int, sym
         if name is None or any(k in name or k in location_name(op.location) for k in kept):
             return None
         n, k = from_mlir(w.type).shape
-        act = act_bits if not any(p in name or p in location_name(op.location)
-                                  for p in keep_patterns(float_act)) else 0
+        wide = any(p in name or p in location_name(op.location) for p in keep_patterns(wide_act))
+        act = 2 * act_bits if act_bits and wide else act_bits
         g = k if act else choose_group_size(k, group_size, bits)  # w8a8: one scale per output channel
         if g is None or (bits == 4 and n % INT4_OUT_MULTIPLE):
             return None

@@ -125,16 +125,24 @@ def test_w8a8_quantizes_the_activations(checkpoint, artifacts):
 
 def test_w8a8_stores_values_as_checkpoints_do(checkpoint, artifacts):
     """w8a8 values stay [out, in] in the archive (the integer matmul reads them as stored), with
-    one scale per output channel; down_proj stays weight-only int8 (stored [in, out], grouped)."""
+    one scale per output channel; down_proj's op takes two activation planes."""
     params = read_params(artifacts["w8a8"] / "model.irpa")
     q = [n for n in params if n.endswith(".qweight")]
-    assert q and all(params[n].dtype == np.int8 for n in q)
-    qkv = next(n for n in q if "q_proj" in n)
-    out = SPEC.hidden + 2 * SPEC.kv_heads * SPEC.hidden // SPEC.heads
-    assert params[qkv].shape == (out, SPEC.hidden)
-    assert params[qkv.replace(".qweight", ".scales")].shape == (out, 1)
+    assert len(q) == 4 * SPEC.layers and all(params[n].dtype == np.int8 for n in q)
     down = next(n for n in q if "down_proj" in n)
-    assert params[down].shape == (SPEC.intermediate, SPEC.hidden) and "_g128_" in down
+    assert params[down].shape == (SPEC.hidden, SPEC.intermediate)
+    assert params[down.replace(".qweight", ".scales")].shape == (SPEC.hidden, 1)
+    from iree.compiler import ir
+
+    module, _ = _interpreted(checkpoint, *CASES["w8a8"])
+    planes = {}  # weight name -> act_bits of the quantized_matmul reading it
+    for f in functions(module).values():
+        for op in f.regions[0].blocks[0].operations:
+            if op.operation.name == "llm.quantized_matmul":
+                w = op.operation.operands[1].owner
+                name = ir.StringAttr(w.attributes["name"]).value
+                planes[name] = ir.IntegerAttr(op.operation.attributes["act_bits"]).value
+    assert planes and all(bits == (16 if "down_proj" in n else 8) for n, bits in planes.items())
 
 
 def test_archive_holds_packed_transposed_int4(checkpoint, artifacts):
