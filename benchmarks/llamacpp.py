@@ -250,7 +250,22 @@ def gguf_tensors(lc: LlamaCpp, path: Path) -> list[tuple[str, str, int]]:
 WARMUP_PROMPT, WARMUP_GEN = 16, 2  # round_robin's warm-up pass: short, for both systems
 
 
-class LlamaBenchTimer:
+class _Rounds:
+    """Per-round prefill / decode tokens/s (`rounds`, filled by run_once) and their medians."""
+
+    rounds: list[dict[str, float]]
+
+    def clear(self) -> None:
+        self.rounds.clear()
+
+    def prefill_tokens_per_s(self) -> float:
+        return statistics.median(r["prefill"] for r in self.rounds)
+
+    def decode_tokens_per_s(self) -> float:
+        return statistics.median(r["decode"] for r in self.rounds)
+
+
+class LlamaBenchTimer(_Rounds):
     """One `llama-bench -r 1` per round. The first call (round_robin's warm-up) is a short run:
     it pages the file in; llama-bench warms itself up before every test anyway. `env`: of the
     llama-bench process (OMP_WAIT_POLICY, see --omp-wait-policy)."""
@@ -270,17 +285,8 @@ class LlamaBenchTimer:
         self.rounds.append(parse_llama_bench(self.last_json))
         self.warm = True
 
-    def clear(self) -> None:
-        self.rounds.clear()
 
-    def prefill_tokens_per_s(self) -> float:
-        return statistics.median(r["prefill"] for r in self.rounds)
-
-    def decode_tokens_per_s(self) -> float:
-        return statistics.median(r["decode"] for r in self.rounds)
-
-
-class LlmircTimer:
+class LlmircTimer(_Rounds):
     """StepTimer, with prefill and decode tokens/s per round (decode: steps / the round's step time,
     as llama-bench's avg_ts), medians over rounds. The first call (the warm-up) is a short run."""
 
@@ -300,14 +306,6 @@ class LlmircTimer:
         self.warm = True
         self.rounds.append({"prefill": t.prompt / t.prefill_s[0], "decode": t.steps / sum(t.decode_s)})
 
-    def clear(self) -> None:
-        self.rounds.clear()
-
-    def prefill_tokens_per_s(self) -> float:
-        return statistics.median(r["prefill"] for r in self.rounds)
-
-    def decode_tokens_per_s(self) -> float:
-        return statistics.median(r["decode"] for r in self.rounds)
 
 
 # ---- driver ------------------------------------------------------------------------------
