@@ -23,8 +23,9 @@ from pathlib import Path
 import numpy as np
 
 
-def build(args, directory: Path):
-    """(paged llm module at --opt-level, {weight name: array} it references, config)."""
+def build(args, directory: Path, extra_config: dict | None = None):
+    """(paged llm module at --opt-level, {weight name: array} it references, config);
+    `extra_config` is merged into config.json (e.g. another architecture)."""
     from llmirc.dialect.context import weight_names
     from llmirc.frontend import import_checkpoint
     from llmirc.pipelines import PassManager, WeightStore, pipeline_for_level
@@ -32,7 +33,7 @@ def build(args, directory: Path):
 
     spec = CheckpointSpec(layers=args.layers, hidden=args.hidden, heads=args.heads, kv_heads=args.kv_heads,
                           intermediate=args.intermediate, vocab=args.vocab,
-                          max_seq_len=max(args.contexts + [args.prefill_len]) + 16)
+                          max_seq_len=max(args.contexts + [args.prefill_len]) + 16, extra_config=extra_config or {})
     m = import_checkpoint(make_checkpoint(directory / "ckpt", spec))
     store = WeightStore.from_arrays(m.weights())
     PassManager(pipeline_for_level(args.opt_level, block_size=args.block_size), weights=store).run(m.module)

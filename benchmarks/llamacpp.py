@@ -307,7 +307,6 @@ class LlmircTimer(_Rounds):
         self.rounds.append({"prefill": t.prompt / t.prefill_s[0], "decode": t.steps / sum(t.decode_s)})
 
 
-
 # ---- driver ------------------------------------------------------------------------------
 
 @dataclass

@@ -22,23 +22,15 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+import attention_strategy  # noqa: E402
 from attention_strategy import Runner, time_interleaved  # noqa: E402
 
 
 def build(args, directory: Path, window: int):
-    from llmirc.dialect.context import weight_names
-    from llmirc.frontend import import_checkpoint
-    from llmirc.pipelines import PassManager, WeightStore, pipeline_for_level
-    from llmirc.testing.checkpoints import CheckpointSpec, make_checkpoint
-
+    """attention_strategy.build at -O2, as Mistral with `window` in every layer (0: as Llama)."""
     extra = dict(architectures=["MistralForCausalLM"], model_type="mistral", sliding_window=window) if window else {}
-    spec = CheckpointSpec(layers=args.layers, hidden=args.hidden, heads=args.heads, kv_heads=args.kv_heads,
-                          intermediate=args.intermediate, vocab=args.vocab, max_seq_len=max(args.contexts) + 16,
-                          extra_config=extra)
-    m = import_checkpoint(make_checkpoint(directory / f"ckpt-{window}", spec))
-    store = WeightStore.from_arrays(m.weights())
-    PassManager(pipeline_for_level(2, block_size=args.block_size), weights=store).run(m.module)
-    return m.module, {n: store[n] for n in weight_names(m.module)}, m.config
+    directory.mkdir(parents=True, exist_ok=True)
+    return attention_strategy.build(argparse.Namespace(**vars(args), opt_level=2, prefill_len=0), directory, extra)
 
 
 def main() -> None:
@@ -62,7 +54,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         runners, cfg = {}, None
         for name, window in (("windowed", args.window), ("full", 0)):
-            module, weights, cfg = build(args, Path(tmp), window)
+            module, weights, cfg = build(args, Path(tmp) / f"window-{window}", window)
             runners[name] = Runner(compile_iree(lower_to_iree(module), CPU_FLAGS), weights, "local-task")
         print(f"model: {cfg.num_layers} layers, hidden {cfg.hidden_size}, {cfg.num_heads} heads / "
               f"{cfg.num_kv_heads} kv heads; page size {args.block_size}; window {args.window}; -O2, host CPU")

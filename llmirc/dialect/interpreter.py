@@ -289,15 +289,12 @@ def _quantized_matmul(a, x, q, scales, zeros=None):
     return x @ _dequantize(a, q, scales, zeros).T
 
 
-ACT_TINY = np.float32(1e-30)  # floor of max |x| before 127 / max |x|: a zero row stays zero
-
-
 def act_quantize_rows(x: Array) -> tuple[Array, Array]:
     """int8 rows of `x` and their scales: q = roundeven(x * (127 / max|x|)), scale = max|x| / 127.
     In f32, in this order, as the lowering computes it (lowering/quantized.py)."""
     x = np.asarray(x, np.float32)
     amax = np.abs(x).max(axis=-1, keepdims=True)
-    q = np.rint(x * (np.float32(127.0) / np.maximum(amax, ACT_TINY))).astype(np.int8)
+    q = np.rint(x * (np.float32(127.0) / np.maximum(amax, np.float32(_ops.ACT_TINY)))).astype(np.int8)
     return q, (amax / np.float32(127.0)).astype(np.float32)
 
 

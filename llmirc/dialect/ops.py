@@ -424,6 +424,11 @@ def _quantized_matmul(ts: Types, attrs: Attrs):
     return (TensorT(x.shape[:-1] + (q.shape[0],), x.dtype),)
 
 
+# act_bits: max |x| of a row is floored at ACT_TINY before 127 / max |x|, so a zero row stays
+# zero (the interpreter and the lowering both use it)
+ACT_TINY = 1e-30
+
+
 register(OpSpec(
     "quantized_matmul", "linear with a group-quantized weight: input @ dequantize(q)^T, "
     "dequantized inside the matmul, never as a whole matrix. act_bits 8: each row of the input "

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from iree.compiler import ir
 
+from ..dialect.ops import ACT_TINY
 from .emitter import TV, Emitter, affine_map
 from .ops import LOp, LoweringError, _as_2d, _from_2d, _group_split, lowering
 
@@ -187,7 +188,7 @@ def _integer_matmul(e: Emitter, op: LOp) -> TV:
     planes = op.attrs["act_bits"] // 8
     x2 = _as_2d(e, x)
     m = x2.dims[0]
-    c127, tiny = e.const(127.0, ft), e.const(1e-30, ft)
+    c127, tiny = e.const(127.0, ft), e.const(ACT_TINY, ft)
 
     def quantized(v: str, amax: str) -> tuple[str, str]:
         """(roundeven(v * 127 / max(amax, tiny)) as f32, amax / 127)."""
@@ -199,22 +200,22 @@ def _integer_matmul(e: Emitter, op: LOp) -> TV:
         r, scale = quantized(v, amax)
         return e.v(f"arith.subf {v}, {e.v(f'arith.mulf {r}, {scale} : {ft}')} : {ft}")
 
-    def row_max(value) -> TV:  # max over k of |value(block args)| per row
+    def row_max(ins: list, value) -> TV:  # max over k of |value(block args)| per row
         return e.generic(2, ins, [(e.filled((m,), ft, 0.0), ["d0"])],
                          lambda a: [e.v(f"arith.maximumf {e.v(f'math.absf {value(a)} : {ft}')}, {a[-1]} : {ft}")],
                          reductions=(1,))[0]
 
-    ins = [(x2, ["d0", "d1"])]
-    amax = [row_max(lambda a: a[0])]
+    amax = [row_max([(x2, ["d0", "d1"])], lambda a: a[0])]
     if planes == 2:
-        ins = [(x2, ["d0", "d1"]), (amax[0], ["d0"])]
-        amax.append(row_max(lambda a: residual(a[0], a[1])))
+        amax.append(row_max([(x2, ["d0", "d1"]), (amax[0], ["d0"])], lambda a: residual(a[0], a[1])))
 
-    def quantize(a):
-        v = a[0] if planes == 1 else e.v(f"arith.select {e.v(f'arith.cmpi eq, {e.index(0)}, {e.idx(0)} : index')}, "
-                                         f"{a[0]}, {residual(a[0], a[1])} : {ft}")
-        amx = a[1] if planes == 1 else e.v(f"arith.select {e.v(f'arith.cmpi eq, {e.index(0)}, {e.idx(0)} : index')}, "
-                                           f"{a[1]}, {a[2]} : {ft}")
+    def quantize(a):  # a: x, then amax of each plane
+        if planes == 1:
+            v, amx = a[0], a[1]
+        else:
+            first = e.v(f"arith.cmpi eq, {e.index(0)}, {e.idx(0)} : index")
+            v = e.v(f"arith.select {first}, {a[0]}, {residual(a[0], a[1])} : {ft}")
+            amx = e.v(f"arith.select {first}, {a[1]}, {a[2]} : {ft}")
         return [e.v(f"arith.fptosi {quantized(v, amx)[0]} : {ft} to i8")]
 
     if planes == 1:

@@ -128,6 +128,11 @@ def _derive(weights, name: str, attrs: dict, names: tuple[str, str, str]) -> Non
         weights.derive(n, lambda i=i: part(i))
 
 
+def _named(op: ir.Operation, name: str, patterns: list[str]) -> bool:
+    """`name` (a weight's) or the op's location contains one of `patterns` (keep, wide_act)."""
+    return any(p in name or p in location_name(op.location) for p in patterns)
+
+
 def _activation(b: Builder, y: ir.Value, activation: str, loc) -> ir.Value:
     """The epilogue of a fused_linear as separate ops (the interpreter's own formula)."""
     if activation in GATED_ACTIVATIONS:
@@ -146,17 +151,16 @@ def _activation(b: Builder, y: ir.Value, activation: str, loc) -> ir.Value:
 def quantize_weights(module: ir.Module, weights, bits: int, group_size: int, symmetric: bool, keep: str,
                      act_bits: int = 0, wide_act: str = "") -> None:
     QuantConfig(bits, group_size, symmetric, keep, act_bits, wide_act).check()
-    kept = keep_patterns(keep)
+    kept, wide_patterns = keep_patterns(keep), keep_patterns(wide_act)
 
     def rewrite(op: ir.Operation) -> ir.Value | None:
         x, w, bias = (operands_of(op) + [None])[:3]
         source = producer(w, "weight")
         name = attrs_of(source)["name"] if source is not None else None
-        if name is None or any(k in name or k in location_name(op.location) for k in kept):
+        if name is None or _named(op, name, kept):
             return None
         n, k = from_mlir(w.type).shape
-        wide = any(p in name or p in location_name(op.location) for p in keep_patterns(wide_act))
-        act = 2 * act_bits if act_bits and wide else act_bits
+        act = 2 * act_bits if act_bits and _named(op, name, wide_patterns) else act_bits
         g = k if act else choose_group_size(k, group_size, bits)  # w8a8: one scale per output channel
         if g is None or (bits == 4 and n % INT4_OUT_MULTIPLE):
             return None
@@ -207,7 +211,7 @@ def _quantize_experts(op: ir.Operation, weights, bits: int, group_size: int, sym
     if any(s is None for s in sources):
         return None
     names = [attrs_of(s)["name"] for s in sources]
-    if any(k in n or k in location_name(op.location) for n in names for k in kept):
+    if any(_named(op, n, kept) for n in names):
         return None
     shapes = [from_mlir(v.type).shape for v in (gate_up, down)]
     groups = [choose_group_size(shape[2], group_size, bits) for shape in shapes]
