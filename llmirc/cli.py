@@ -88,6 +88,9 @@ def main() -> None:
 @click.option("--page-size", type=click.IntRange(1), help="KV cache page size in tokens (default: target's).")
 @click.option("--buckets", metavar="SPEC", help="Static-shape targets (tpu-like): compiled shapes, e.g. "
               "'batch=1,4;len=32,128;pages=65' (default: batch 1,4; lengths 32,128,... up to max_seq_len).")
+@click.option("--tp", type=int, default=1, show_default=True, metavar="N",
+              help="Tensor parallelism: split the model over N devices of the target (cpu: N local devices, "
+                   "cuda/rocm: N GPUs) in one module (docs/parallel.md).")
 @click.option("--passes", help="Custom pipeline replacing -O's, e.g. 'blockify-kv-cache{block_size=32}'.")
 @click.option("--quantize", metavar="int8|int4|w8a8", help="Store linear weights group-quantized; w8a8 also "
               "quantizes activations per token for integer matmuls (docs/quantization.md).")
@@ -111,7 +114,7 @@ def main() -> None:
 def compile(checkpoint: Path | None, output: Path, target: str, opt_level: int, emit: str,
             max_seq_len: int | None, page_size: int | None, passes: str | None, quantize: str | None,
             group_size: int | None, symmetric: bool, keep_float: str, dtype: str, buckets: str | None,
-            print_ir_after_all: bool,
+            tp: int, print_ir_after_all: bool,
             print_ir_after: tuple[str, ...], timing: bool, no_verify_each: bool, as_json: bool,
             quiet: bool) -> None:
     """Compile a Hugging Face checkpoint directory or a GGUF file (default: the
@@ -127,7 +130,7 @@ def compile(checkpoint: Path | None, output: Path, target: str, opt_level: int, 
     opts = CompileOptions(checkpoint or DEFAULT_MODEL, output, target, opt_level, emit, max_seq_len, page_size,
                           passes, print_ir_after_all, print_ir_after, timing, not no_verify_each,
                           quantize=quantize, group_size=group_size, symmetric=symmetric, keep_float=keep_float,
-                          dtype=dtype, buckets=buckets)
+                          dtype=dtype, buckets=buckets, tp=tp)
     heartbeat = Heartbeat(sys.stderr)
     result = compile_checkpoint(opts, progress=None if quiet else heartbeat.stage, warn=_warning,
                                 tick=heartbeat.tick)

@@ -59,6 +59,7 @@ class CompileOptions:
     # torch_dtype where the target supports it, else f32 (resolve_dtype).
     dtype: str = "auto"
     buckets: str | None = None  # static-shape targets: "batch=1,4;len=32,128;pages=65" (docs/targets.md)
+    tp: int = 1  # tensor parallelism: one module for tp devices of the target's kind (docs/parallel.md)
 
 
 @dataclass
@@ -194,6 +195,10 @@ def compile_checkpoint(opts: CompileOptions, progress: Progress | None = _stderr
         if opts.quantize else None
     target = resolve(opts.target)
     target.check_precision("f32" if opts.dtype == "auto" else opts.dtype, opts.quantize)
+    target.check_devices(opts.tp)
+    if opts.tp > 1 and opts.quantize:
+        raise LlmircError(f"--tp {opts.tp} with --quantize {opts.quantize} is not supported yet: shard-tp splits "
+                          "float weights only (docs/parallel.md)")
     bucket_spec = _bucket_spec(target, opts.buckets)
     check_output(Path(opts.output), "artifact" if opts.emit == "vmfb" else "file")
     page_size = opts.page_size or target.page_size
@@ -227,7 +232,9 @@ def compile_checkpoint(opts: CompileOptions, progress: Progress | None = _stderr
               + f", weights {dtype}" + (f" (--dtype auto: checkpoint {model.config.torch_dtype})"
                                         if opts.dtype == "auto" else ""))
     passes = parse_pipeline(opts.passes) + precision_passes(quant, dtype) if opts.passes \
-        else pipeline_for_level(opts.opt_level, page_size, quant, dtype)
+        else pipeline_for_level(opts.opt_level, page_size, quant, dtype, tp=opts.tp)
+    if opts.passes and opts.tp > 1 and all(name != "shard-tp" for name, _ in passes):
+        passes.append(("shard-tp", {"tp": opts.tp}))
     weights = model.weight_store()
     PassManager(passes, verify_each=opts.verify_each, print_ir_after_all=opts.print_ir_after_all,
                 print_ir_after=frozenset(opts.print_ir_after), timing=opts.timing,
@@ -244,7 +251,7 @@ def compile_checkpoint(opts: CompileOptions, progress: Progress | None = _stderr
     decode_batches = target.decode_batches(opts.opt_level, quantized=quant is not None and not quant.act_bits)
     iree_input = target.module_text(lower_to_iree(model.module, attention=target.attention, buckets=buckets,
                                                   tile=target.systolic_tile, backend=_backend(target),
-                                                  decode_batches=decode_batches))
+                                                  decode_batches=decode_batches), num_devices=opts.tp)
     result.stage_seconds["lower"] = time.perf_counter() - t
     if opts.emit == "iree-input":
         write_atomic(opts.output, iree_input)
@@ -255,7 +262,7 @@ def compile_checkpoint(opts: CompileOptions, progress: Progress | None = _stderr
 
     t = stage(f"iree-compile for {target.full_name}")
     with _ticking(current[0], tick if progress else None):
-        vmfb = compile_iree(iree_input, target.compile_flags(opts.opt_level,
+        vmfb = compile_iree(iree_input, target.compile_flags(opts.opt_level, num_devices=opts.tp,
                                                              integer_matmuls=bool(quant and quant.act_bits)))
     result.stage_seconds["iree-compile"] = time.perf_counter() - t
 
@@ -264,9 +271,9 @@ def compile_checkpoint(opts: CompileOptions, progress: Progress | None = _stderr
         opts.output, vmfb=vmfb, params=_LazyParams(weights, weight_types(model.module),
                                                     stored_transposed(model.module)),
         tokenizer_files=model.tokenizer_files(),
-        model=model.config.summary(), target=_target_record(target, opts.opt_level, buckets),
-        entry_points=_entry_points(target, buckets, decode_batches),
-        opt_level=opts.opt_level, kv={"page_size": page_size, "dtype": "f32"},
+        model=model.config.summary(), target=_target_record(target, opts.opt_level, buckets, opts.tp),
+        entry_points=_entry_points(target, buckets, decode_batches, opts.tp),
+        opt_level=opts.opt_level, kv=_kv_record(page_size, model.config.num_kv_heads, opts.tp),
         compiler={"llmirc": __version__, "iree": _iree_version(),
                   "weights": _weights_record(dtype, opts.dtype, quant, weight_types(model.module))},
         source={"checkpoint": str(opts.checkpoint)})
@@ -341,9 +348,12 @@ def layer_group_sizes(names) -> dict[str, int]:
     return dict(sorted(out.items()))
 
 
-def _target_record(t: TargetProfile, opt_level: int, buckets: dict | None = None) -> dict:
+def _target_record(t: TargetProfile, opt_level: int, buckets: dict | None = None, tp: int = 1) -> dict:
     record = {"name": t.name, "variant": t.variant, "device": t.device, "driver": t.driver,
-              "flags": t.compile_flags(opt_level), "attention": t.attention, "static_shapes": t.static_shapes}
+              "flags": t.compile_flags(opt_level, num_devices=tp), "attention": t.attention,
+              "static_shapes": t.static_shapes}
+    if tp > 1:  # tensor parallelism: the module runs on tp devices of this kind at once
+        record["devices"] = {"count": tp, "kind": t.device, "parallelism": "tensor"}
     if t.index_dtype != "i64":
         record["index_dtype"] = t.index_dtype  # tokens/positions/block tables at the module ABI
     if t.device_target_attr:
@@ -352,6 +362,16 @@ def _target_record(t: TargetProfile, opt_level: int, buckets: dict | None = None
         record["systolic_tile"] = t.systolic_tile
     if buckets:
         record["buckets"] = buckets  # static-shape entry points: prefill_b{B}_t{T}, decode_b{B}
+    return record
+
+
+def _kv_record(page_size: int, kv_heads: int, tp: int) -> dict:
+    """manifest kv: the pool geometry; with tp > 1 one pool per device, each holding its
+    devices' KV heads (kv_heads / tp, or 1 when a head is replicated on several devices)."""
+    record: dict = {"page_size": page_size, "dtype": "f32"}
+    if tp > 1:
+        record["pools"] = tp
+        record["pool_kv_heads"] = kv_heads // tp if kv_heads >= tp else 1
     return record
 
 
@@ -367,10 +387,12 @@ def _bucket_spec(t: TargetProfile, spec: str | None):
     return Buckets.parse(spec, t.buckets) if spec else (t.buckets or Buckets())
 
 
-def _entry_points(t: TargetProfile, buckets: dict | None, decode_batches: tuple[int, ...] = ()) -> dict | None:
+def _entry_points(t: TargetProfile, buckets: dict | None, decode_batches: tuple[int, ...] = (),
+                  tp: int = 1) -> dict | None:
     """Manifest entry_points: the ABI v1 signatures, with the index type, the static functions
-    and the static-batch decode functions (`decode.batch_functions`, batch -> name)."""
-    if t.index_dtype == "i64" and not buckets and not decode_batches:
+    and the static-batch decode functions (`decode.batch_functions`, batch -> name); with
+    tp > 1 the one pool argument and result are tp of them (`pool@i`: device i's)."""
+    if t.index_dtype == "i64" and not buckets and not decode_batches and tp == 1:
         return None
     from .artifacts.manifest import DEFAULT_ENTRY_POINTS
     from .lowering.to_iree import batch_decode_entry_points, static_entry_points
@@ -382,6 +404,11 @@ def _entry_points(t: TargetProfile, buckets: dict | None, decode_batches: tuple[
                 eps[name]["functions"] = [export for export, _ in specs]
             else:
                 del eps[name]  # not compiled for static shapes (extend_all)
+    if tp > 1:
+        pools = [f"pool@{i}" for i in range(tp)]
+        for sig in eps.values():
+            for key in ("args", "results"):
+                sig[key] = [x for a in sig[key] for x in (pools if a == "pool" else [a])]
     if decode_batches:
         eps["decode"]["batch_functions"] = {str(dims["B"]): export
                                             for export, dims in batch_decode_entry_points(decode_batches)}

@@ -145,11 +145,25 @@ def describe(m: Manifest, sizes: dict[str, int] | None = None) -> str:
     ]
     if t.flags:
         lines.insert(2, "flags      " + " ".join(t.flags))
+    parallel = _parallel(m)
+    if parallel:
+        lines.insert(2, parallel)
     b = t.extra.get("buckets")
     if b:  # static-shape target (docs/targets.md)
         lines.insert(3, f"buckets    static shapes: batch {b.get('batch')}, prefill lengths {b.get('prefill_len')}, "
                         f"{b.get('pages_per_seq')} pages per sequence, pool of {b.get('num_pages')} pages")
     return "\n".join(lines)
+
+
+def _parallel(m: Manifest) -> str:
+    """`parallel` line of a tensor-parallel artifact (manifest target.devices), else ""."""
+    d = m.target.extra.get("devices")
+    if not isinstance(d, dict):
+        return ""
+    n, kind = d.get("count", "?"), d.get("kind", m.target.device)
+    heads = m.kv.extra.get("pool_kv_heads", "?")
+    return (f"parallel   {d.get('parallelism', 'tensor')} parallelism over {n} '{kind}' devices; "
+            f"one KV pool per device ({heads} KV head{'s' if heads != 1 else ''} each), one block table for all")
 
 
 def _specialised(sig: dict) -> str:

@@ -13,6 +13,12 @@ the per-op lowerings in ops.py, kv.py (paged KV cache) and fused.py (ops of the 
 The pool result is tied to the pool argument (argument 3 is the storage of result 1), so
 IREE writes the caller's device buffer in place (the KV writes are
 `iree_linalg_ext.scatter`s into it).
+
+A module that shard-tp split over N devices (`llm.num_devices = N`) becomes one IREE module
+for N devices (lowering/devices.py, docs/parallel.md): the same functions with one pool
+argument per device, each `{iree.abi.affinity = <device i>, iree.abi.output = R}`, weights
+pinned to the device that reads them, and the tokens, lengths and block tables one argument
+each (on device 0), copied to every other device once per call.
 """
 
 from __future__ import annotations
@@ -29,8 +35,10 @@ from ..dialect.types import KVCacheT, PagedKVCacheT, TensorT, from_mlir
 from . import fused as _fused  # noqa: F401  (registers the lowerings of fusion ops)
 from . import kv as _kv  # noqa: F401  (registers the paged-KV lowerings)
 from . import moe as _moe  # noqa: F401  (registers the mixture-of-experts lowerings)
+from .devices import DEVICE_PREFIX, affinity, transfer
 from .quantized import stored_transposed
 from .emitter import TV, Emitter, string_literal, symbol_ref, tensor_type
+from ..pipelines.shard_tp import ARG_DEVICES, EVERY, NUM_DEVICES, PLACEMENT
 from .kv import STRATEGIES
 from .ops import LOWERINGS, LOp, LoweringError
 
@@ -60,6 +68,9 @@ def lower_to_iree(module: ir.Module, *, attention: str = "decomposed", buckets: 
     with the batch static and everything else dynamic. A static M lets IREE pick narrow
     matmul tiles; with a dynamic batch, data tiling pads M to a full tile (8-16 rows) and
     batch-1 decode wastes that much compute (docs/performance.md).
+    A module with `llm.num_devices = N` (shard-tp) lowers to one module for the N devices
+    `@__device_0..N-1` (see the module docstring); iree-compile must then get N target
+    devices (TargetProfile.compile_flags(num_devices=N)).
     Raises LoweringError naming the op and its location for anything that cannot be lowered.
     """
     if attention not in STRATEGIES:
@@ -99,7 +110,12 @@ class _ModuleLowering:
         self.module = module
         self.options = options
         self.fns = functions(module)
-        self.globals: dict[str, tuple[str, str]] = {}  # weight name -> (symbol, tensor type)
+        self.num_devices = num_devices(module)
+        # weight name (one device) or (name, device) -> (symbol, tensor type, device or None)
+        self.globals: dict[str | tuple[str, int], tuple[str, str, int | None]] = {}
+        self.device: int | None = None  # multi-device: the device of the op being lowered
+        self._shared: set[ir.Value] = set()  # per function: arguments every device reads
+        self._copies: dict[tuple[str, int], TV] = {}  # per function: (argument, device) -> its copy there
         self.counter = [0]
         self._loads: dict[str, TV] = {}  # per function: weight name -> loaded value
         self.stored_transposed = stored_transposed(module)  # weights the archive holds [in, out]
@@ -122,8 +138,10 @@ class _ModuleLowering:
                 bodies += [self._function("decode", self.fns["decode"], export, dims)
                            for export, dims in batch_decode_entry_points(self.options.get("decode_batches", ()))]
         lines = ["module {"]
-        for name, (sym, t) in self.globals.items():
-            lines.append(f"  util.global private {sym} = #stream.parameter.named<"
+        for key, (sym, t, device) in self.globals.items():
+            name = key if isinstance(key, str) else key[0]
+            pinned = "" if device is None else f" {{stream.affinity = {affinity(device)}}}"
+            lines.append(f"  util.global private {sym}{pinned} = #stream.parameter.named<"
                          f"{string_literal(PARAMETER_SCOPE)}::{string_literal(name)}> : {t}")
         for body in bodies:
             lines.extend("  " + line for line in body)
@@ -136,16 +154,19 @@ class _ModuleLowering:
         if name in self.stored_transposed:
             t = TensorT(tuple(reversed(t.shape)), t.dtype)
         ttext = tensor_type(t.shape, t.dtype)
-        if name not in self.globals:
-            self.globals[name] = (self._symbol(name), ttext)
-        sym, known = self.globals[name]
+        # Several devices: one global per (weight, device that reads it), pinned there.
+        key = name if self.num_devices == 1 else (name, self.device)
+        if key not in self.globals:
+            self.globals[key] = (self._symbol(name if self.num_devices == 1 else f"{name}.on{self.device}"),
+                                 ttext, None if self.num_devices == 1 else self.device)
+        sym, known, _ = self.globals[key]
         if known != ttext:
             raise LoweringError(f"weight '{name}' is used as {known} and as {ttext}")
-        if name not in self._loads:
-            self._loads[name] = TV(e.v(f"util.global.load {sym} : {ttext}", "w"), tuple(t.shape), t.dtype)
+        if key not in self._loads:
+            self._loads[key] = TV(e.v(f"util.global.load {sym} : {ttext}", "w"), tuple(t.shape), t.dtype)
             if name in self.stored_transposed:
-                self.transposed.add(self._loads[name].name)
-        return self._loads[name]
+                self.transposed.add(self._loads[key].name)
+        return self._loads[key]
 
     def _symbol(self, name: str) -> str:
         """@<checkpoint name> when that is a bare MLIR identifier, else a sanitized unique one.
@@ -156,7 +177,8 @@ class _ModuleLowering:
         base = re.sub(r"[^A-Za-z0-9_$.]", "_", name)
         if not re.match(r"[A-Za-z_]", base):
             base = "_" + base
-        taken = {sym for sym, _ in self.globals.values()} | {symbol_ref(f) for f in self.fns}
+        taken = {sym for sym, *_ in self.globals.values()} | {symbol_ref(f) for f in self.fns}
+        taken |= {symbol_ref(f"{DEVICE_PREFIX}{i}") for i in range(self.num_devices)}
         sym, n = symbol_ref(base), 1
         while sym in taken:
             sym, n = symbol_ref(f"{base}.{n}"), n + 1
@@ -168,7 +190,7 @@ class _ModuleLowering:
                   static: dict[str, int] | None = None) -> list[str]:
         """One func.func; `static` (bucket dims B, T, P, N) makes those argument dims static
         (all of them for a static-shape bucket; only B for a decode_batches function)."""
-        self._loads = {}
+        self._loads, self._copies = {}, {}
         e = Emitter(self.counter)
         e.tile = self.options.get("tile")
         e.function = export or fname
@@ -176,6 +198,9 @@ class _ModuleLowering:
         env: dict[ir.Value, TV] = {}
         origin: dict[str, int] = {}  # pool value name -> index of the pool argument it updates
         arg_decls = []
+        arg_attrs: list[list[str]] = [[] for _ in block.arguments]
+        devices = self._arg_devices(fname, func, len(block.arguments))
+        self._shared = {a for a, d in zip(block.arguments, devices) if d == EVERY}
         for i, arg in enumerate(block.arguments):
             t = from_mlir(arg.type)
             name = f"%arg{i}"
@@ -192,6 +217,8 @@ class _ModuleLowering:
             ttext = tensor_type(["?" if d is None else d for d in shape], _dtype(t))
             arg_decls.append(f"{name}: {ttext}")
             env[arg] = TV(name, e.dims_of(name, ttext, shape), _dtype(t))
+            if devices:  # a shared argument arrives on device 0 and is copied to the others
+                arg_attrs[i].append(f"iree.abi.affinity = {affinity(max(devices[i], 0))}")
 
         results: list[TV] = []
         result_types = []
@@ -217,7 +244,10 @@ class _ModuleLowering:
             if isinstance(t, PagedKVCacheT):
                 if r.name not in origin:
                     raise LoweringError(f"function @{fname}: returns a page pool that is not its pool argument")
-                arg_decls[origin[r.name]] += f" {{iree.abi.output = {ri} : index}}"
+                arg_attrs[origin[r.name]].append(f"iree.abi.output = {ri} : index")
+        for i, attrs in enumerate(arg_attrs):
+            if attrs:
+                arg_decls[i] += f" {{{', '.join(attrs)}}}"
         res_decls = [r.type for r in results]
         head = f"func.func @{export or fname}({', '.join(arg_decls)}) -> ({', '.join(res_decls)}) {{"
         ret = f"    return {', '.join(r.name for r in results)} : {', '.join(r.type for r in results)}"
@@ -232,11 +262,16 @@ class _ModuleLowering:
         if fn is None:
             hint = _HINTS.get(short, "no IREE lowering is implemented for it")
             raise LoweringError(f"cannot lower '{op.name}' at {where}: {hint}")
+        if self.num_devices > 1:
+            if PLACEMENT not in op.attributes:
+                raise LoweringError(f"'{op.name}' at {where}: a module for {self.num_devices} devices needs "
+                                    f"'{PLACEMENT}' on every op (run shard-tp)")
+            self.device = ir.IntegerAttr(op.attributes[PLACEMENT]).value
         try:
             spec = lookup(op.name)
             attrs = op_attrs(spec, op)
-            operands = [None if v is None else [env[x] for x in v] if isinstance(v, list) else env[v]
-                        for v in op_operands(spec, op)]
+            operands = [None if v is None else [self._local(e, x, env) for x in v] if isinstance(v, list)
+                        else self._local(e, v, env) for v in op_operands(spec, op)]
             result_types = [from_mlir(r.type) for r in op.results]
             lop = LOp(short, where, attrs, operands, result_types, self, self.options)
             outs = fn(e, lop)
@@ -249,6 +284,38 @@ class _ModuleLowering:
             raise LoweringError(f"cannot lower '{op.name}' at {where}: lowering gave {len(outs)} results, "
                                 f"the op has {len(op.results)}")
         return outs
+
+    # ---- several devices ----------------------------------------------------------------
+
+    def _arg_devices(self, fname: str, func: ir.Operation, n_args: int) -> list[int]:
+        """Each argument's device (EVERY: read by all), or [] for a one-device module."""
+        if self.num_devices == 1:
+            return []
+        if ARG_DEVICES not in func.attributes:
+            raise LoweringError(f"function @{fname}: a module for {self.num_devices} devices needs "
+                                f"'{ARG_DEVICES}' (run shard-tp)")
+        devices = list(ir.DenseI64ArrayAttr(func.attributes[ARG_DEVICES]))
+        if len(devices) != n_args:
+            raise LoweringError(f"function @{fname}: '{ARG_DEVICES}' has {len(devices)} entries for {n_args} "
+                                "arguments")
+        return devices
+
+    def _local(self, e: Emitter, v: ir.Value, env: dict) -> TV:
+        """`v` as the current op's device sees it: a shared argument read on device d > 0 is its
+        copy there (transferred once per call); everything else is already on that device."""
+        tv = env[v]
+        if not self.device or v not in self._shared:
+            return tv
+        key = (tv.name, self.device)
+        if key not in self._copies:
+            self._copies[key] = transfer(e, tv, self.device)
+        return self._copies[key]
+
+
+def num_devices(module: ir.Module) -> int:
+    """N for a module shard-tp split over N devices, else 1."""
+    attrs = module.operation.attributes
+    return ir.IntegerAttr(attrs[NUM_DEVICES]).value if NUM_DEVICES in attrs else 1
 
 
 def _dtype(t) -> str:

@@ -1,8 +1,10 @@
-"""Engine: one loaded artifact on one device, with its KV page pool, exposing prefill/decode.
+"""Engine: one loaded artifact on its device(s), with its KV page pool(s), exposing prefill/decode.
 
 The engine owns the device pool pool[num_pages, L, 2, page_size, KVH, D] (allocated once)
 and passes that same device array to every call; the module updates it in place through
-its `iree.abi.output = 3` result (docs/abi.md). The engine checks its inputs (shapes, token
+its `iree.abi.output = 3` result (docs/abi.md). A tensor-parallel artifact (manifest
+target.devices, docs/parallel.md) runs on N devices: one pool per device, all of the same
+page count, so one block table (one PagePool's page numbers) addresses all of them. The engine checks its inputs (shapes, token
 ids, page numbers) before each call, because a bad index would otherwise be an
 out-of-bounds read on the device rather than an error.
 """
@@ -39,7 +41,9 @@ class Engine:
     """Load `artifact_dir` on its device; `prefill`/`decode` run the compiled entry points.
 
     `device` overrides the manifest's driver (e.g. "local-sync", "cuda://1"); it must be a
-    driver that can run what the artifact was compiled for. `num_pages` sizes the pool
+    driver that can run what the artifact was compiled for. A tensor-parallel artifact takes
+    a comma list of one device per shard ("local-task,local-task", "cuda://0,cuda://1"); by
+    default N devices of its driver (device_uris). `num_pages` sizes the pool
     (including the scratch page 0); None picks `default_num_pages`. Raises ArtifactError
     (bad or corrupt artifact), RuntimeDeviceError (device absent, wrong for the artifact, or
     out of memory for the pool) or LlmircError (num_pages < 2). A module this machine has not
@@ -72,8 +76,10 @@ class Engine:
         self.num_pages: int = num_pages if num_pages is not None else default_num_pages(self.manifest)
         if self.num_pages < 2:
             raise LlmircError(f"--num-pages must be at least 2 (page 0 is the scratch page), got {self.num_pages}")
-        self.device_uri: str = device or self.manifest.target.driver
-        self.device = open_device(self.manifest, self.device_uri)
+        self.device_uris: list[str] = device_uris(self.manifest, device)
+        self.device_uri: str = ",".join(self.device_uris)
+        self.devices = open_devices(self.manifest, self.device_uris)
+        self.device = self.devices[0]  # the invoker's device: arguments and logits live there
         if probe and verify_checksums:
             from .probe import ensure_module_runs
 
@@ -85,8 +91,10 @@ class Engine:
         self._params = params = load_params(self.artifact_dir / PARAMS_NAME)  # keeps the weights' mapping alive
         self._main = _load_module(self._instance, self.artifact_dir / VMFB_NAME)
         try:
+            hal = rt.create_hal_module(self._instance, self.device) if len(self.devices) == 1 else \
+                rt.create_hal_module(self._instance, devices=self.devices)
             self._context = rt.VmContext(self._instance, modules=[
-                rt.create_hal_module(self._instance, self.device),
+                hal,
                 rt.create_io_parameters_module(self._instance, params.create_provider(scope=SCOPE)),
                 self._main,
             ])
@@ -113,8 +121,10 @@ class Engine:
             self._decode_fns = {b: self._function(f"decode_b{b}") for b in self.buckets.batch}
             self._extend_fns = {(b, t): self._function(f"extend_b{b}_t{t}") for b in self.buckets.batch
                                 for t in self.buckets.prefill_len} if self.supports_extend else {}
-        self.pool_shape = (self.num_pages, m.num_layers, 2, kv.page_size, m.num_kv_heads, m.head_dim)
-        self.pool = device_zeros(self.device, self.pool_shape, kv_numpy_dtype(kv.dtype))
+        # One pool per device (tensor parallelism), each holding that device's KV heads.
+        self.pool_shape = (self.num_pages, m.num_layers, 2, kv.page_size, pool_kv_heads(self.manifest), m.head_dim)
+        self.pools = [device_zeros(d, self.pool_shape, kv_numpy_dtype(kv.dtype)) for d in self.devices]
+        self.pool = self.pools[0]
 
     def prefill(self, tokens: np.ndarray, seq_lens: np.ndarray, block_tables: np.ndarray) -> np.ndarray:
         """Write K/V of tokens[b, :seq_lens[b]] and return f32[B, V] logits of each last token."""
@@ -240,14 +250,14 @@ class Engine:
             outs.append(logits[:n])
         return np.concatenate(outs)
 
-    def read_pool(self) -> np.ndarray:
-        """A host copy of the device pool (for tests and debugging)."""
-        return to_host(self.device, self.pool, self._staging)
+    def read_pool(self, device: int = 0) -> np.ndarray:
+        """A host copy of device `device`'s pool (for tests and debugging)."""
+        return to_host(self.devices[device], self.pools[device], self._staging)
 
     def _call(self, fn, *args: np.ndarray) -> np.ndarray:
         args = tuple(a.astype(self._index_dtype, copy=False) for a in args)  # i32 where the module demotes i64
         try:
-            logits, _pool = fn(*args, self.pool)  # _pool aliases self.pool (tied result)
+            logits, *_pools = fn(*args, *self.pools)  # _pools alias self.pools (tied results)
             return np.asarray(to_host(self.device, logits, self._staging), dtype=np.float32)
         except (RuntimeError, ValueError) as e:
             raise RuntimeDeviceError(f"running {self.artifact_dir / VMFB_NAME} on {self.device_uri!r} failed: "
@@ -349,10 +359,11 @@ def to_host(device, array, staging: bool = False) -> np.ndarray:
 
 def default_num_pages(manifest: Manifest) -> int:
     """Scratch page + room for DEFAULT_FULL_SEQUENCES max-length sequences, within DEFAULT_POOL_BYTES
-    (but always at least one max-length sequence)."""
+    per device (but always at least one max-length sequence)."""
     m, kv = manifest.model, manifest.kv
     per_seq = -(-m.max_seq_len // kv.page_size)
-    page_bytes = m.num_layers * 2 * kv.page_size * m.num_kv_heads * m.head_dim * kv_numpy_dtype(kv.dtype).itemsize
+    page_bytes = m.num_layers * 2 * kv.page_size * pool_kv_heads(manifest) * m.head_dim * \
+        kv_numpy_dtype(kv.dtype).itemsize
     return 1 + max(per_seq, min(DEFAULT_FULL_SEQUENCES * per_seq, DEFAULT_POOL_BYTES // page_bytes))
 
 
@@ -392,7 +403,53 @@ def device_zeros(device, shape: tuple[int, ...], dtype: np.dtype):
     return rt.DeviceArray(device, view)
 
 
-def open_device(manifest: Manifest, device_uri: str):
+def num_devices(manifest: Manifest) -> int:
+    """How many devices the artifact runs on at once (manifest target.devices; 1 without)."""
+    devices = manifest.target.extra.get("devices")
+    if devices is None:
+        return 1
+    count = devices.get("count") if isinstance(devices, dict) else None
+    if not isinstance(count, int) or isinstance(count, bool) or count < 1:
+        raise ArtifactError(f"manifest target.devices {devices!r} has no positive 'count'; "
+                            "re-run `llmirc compile` to rebuild the artifact")
+    return count
+
+
+def pool_kv_heads(manifest: Manifest) -> int:
+    """KV heads in each device's pool: all of them on one device, the device's share with tensor parallelism."""
+    return int(manifest.kv.extra.get("pool_kv_heads", manifest.model.num_kv_heads))
+
+
+def device_uris(manifest: Manifest, device: str | None) -> list[str]:
+    """One device URI per device of the artifact, from `device` (one URI, or a comma list for a
+    tensor-parallel artifact) or, by default, the manifest's driver N times: on CPU N local-task
+    devices (each its own device, created N times), on GPUs driver://0 .. driver://N-1."""
+    n = num_devices(manifest)
+    if device:
+        uris = [u.strip() for u in device.split(",")]
+        if any(not u for u in uris):
+            raise RuntimeDeviceError(f"--device {device!r}: an empty entry in the device list")
+    else:
+        driver = manifest.target.driver
+        uris = [driver] if n == 1 else [driver if driver.startswith("local") else f"{driver}://{i}"
+                                        for i in range(n)]
+    if len(uris) != n:
+        raise RuntimeDeviceError(f"the artifact was compiled for {n} device{'s' if n > 1 else ''} "
+                                 f"(tensor parallelism) but --device names {len(uris)}: {','.join(uris)}; give "
+                                 f"{n} comma-separated devices" + (", e.g. " + ",".join(["local-task"] * n)
+                                                                   if n > 1 else ""))
+    return uris
+
+
+def open_devices(manifest: Manifest, uris: list[str]) -> list:
+    """The devices of `uris`. Several devices are each created on their own (a URI given twice,
+    "local-task,local-task", is two devices; IREE's device cache would hand back one)."""
+    if len(uris) == 1:
+        return [open_device(manifest, uris[0])]
+    return [open_device(manifest, u, cache=False) for u in uris]
+
+
+def open_device(manifest: Manifest, device_uri: str, cache: bool = True):
     """Open `device_uri`, or say which device the artifact needs and that it is not here."""
     import iree.runtime as rt
 
@@ -407,7 +464,7 @@ def open_device(manifest: Manifest, device_uri: str):
     if driver not in rt.query_available_drivers():
         raise RuntimeDeviceError(f"the artifact needs {need}, but this IREE runtime has no {driver!r} driver")
     try:
-        return rt.get_device(device_uri)
+        return rt.get_device(device_uri, cache=cache)
     except (RuntimeError, ValueError) as e:
         raise RuntimeDeviceError(f"the artifact needs {need}, which is not present on this machine "
                                  f"({_first_line(e)})") from None

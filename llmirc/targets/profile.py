@@ -11,6 +11,11 @@ class TargetError(LlmircError):
     """An unknown target or variant, or an option the target does not support."""
 
 
+TARGET_DEVICE_FLAG = "--iree-hal-target-device="
+# IREE device kinds a tensor-parallel module can be compiled for: N of them, by ordinal (docs/parallel.md).
+MULTI_DEVICE_KINDS = ("local", "cuda", "hip")
+
+
 @dataclass(frozen=True)
 class Buckets:
     """Compile-time shapes of a static-shape target (docs/targets.md, tpu-like).
@@ -109,10 +114,34 @@ class TargetProfile:
     def full_name(self) -> str:
         return f"{self.name}:{self.variant}"
 
-    def compile_flags(self, opt_level: int, integer_matmuls: bool = False) -> list[str]:
-        """iree-compile flags; `integer_matmuls` (w8a8) adds `integer_matmul_flags`."""
+    def compile_flags(self, opt_level: int, integer_matmuls: bool = False, num_devices: int = 1) -> list[str]:
+        """iree-compile flags; `integer_matmuls` (w8a8) adds `integer_matmul_flags`; `num_devices`
+        > 1 (tensor parallelism) declares that many devices of this kind (device_flags)."""
         flags = list(self.flags) + (list(self.o3_flags) if opt_level >= 3 else [])
-        return flags + [f for f in (self.integer_matmul_flags if integer_matmuls else ()) if f not in flags]
+        flags += [f for f in (self.integer_matmul_flags if integer_matmuls else ()) if f not in flags]
+        if num_devices == 1:
+            return flags
+        return [g for f in flags for g in (self.device_flags(num_devices) if f.startswith(TARGET_DEVICE_FLAG) else [f])]
+
+    def device_flags(self, num_devices: int) -> list[str]:
+        """`--iree-hal-target-device=__device_i=<kind>[i]` for i < num_devices: the devices a
+        tensor-parallel module names (lowering/devices.py). Always with the ordinal: without
+        it IREE 3.13 merges identical devices, and iree-compile crashes once a weight is
+        pinned to the merged one (TOOLCHAIN.md)."""
+        from ..lowering.devices import device_symbol
+
+        self.check_devices(num_devices)
+        return [f"{TARGET_DEVICE_FLAG}{device_symbol(i)}={self.device}[{i}]" for i in range(num_devices)]
+
+    def check_devices(self, num_devices: int) -> None:
+        """One clear error when this target cannot be compiled for `num_devices` devices."""
+        if num_devices < 1:
+            raise TargetError(f"--tp must be at least 1, got {num_devices}")
+        if num_devices == 1:
+            return
+        if self.device not in MULTI_DEVICE_KINDS or self.static_shapes:
+            raise TargetError(f"--tp {num_devices}: tensor parallelism compiles for cpu, cuda and rocm targets, "
+                              f"not {self.full_name}" + (" (static-shape buckets)" if self.static_shapes else ""))
 
     def check_precision(self, dtype: str = "f32", quantize: str | None = None) -> None:
         """One clear error when the target cannot run `--dtype dtype` / `--quantize quantize`."""
@@ -124,12 +153,22 @@ class TargetProfile:
             raise TargetError(f"unsupported quantization '{quantize}' for target {self.full_name} "
                               f"(supported: {supported})")
 
-    def module_text(self, iree_input: str) -> str:
-        """The lowered module with this target's hal.device.targets attribute (when it has one)."""
+    def module_text(self, iree_input: str, num_devices: int = 1) -> str:
+        """The lowered module with this target's hal.device.targets attribute (when it has one);
+        for `num_devices` > 1 the description once per device, with ordinal i: IREE names the
+        devices of that list `@__device_i`, the names the module's affinities promise."""
         if not self.device_target_attr:
             return iree_input
         head = "module {"
         if not iree_input.startswith(head):
             raise TargetError(f"target {self.full_name}: expected the lowered module to start with '{head}'")
-        attr = f"module attributes {{hal.device.targets = [{self.device_target_attr} : !hal.device]}} {{"
+        targets = [self.device_target_attr] if num_devices == 1 else \
+            [self._with_ordinal(i) for i in range(num_devices)]
+        attr = f"module attributes {{hal.device.targets = [{', '.join(t + ' : !hal.device' for t in targets)}]}} {{"
         return attr + iree_input[len(head):]
+
+    def _with_ordinal(self, ordinal: int) -> str:
+        kind = f'#hal.device.target<"{self.device}", '
+        if not self.device_target_attr.startswith(kind):
+            raise TargetError(f"target {self.full_name}: its device description does not start with {kind!r}")
+        return f"{kind}{{ordinal = {ordinal} : index}}, {self.device_target_attr[len(kind):]}"
