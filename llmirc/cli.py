@@ -204,7 +204,8 @@ def _artifact_dir(path: Path) -> Path:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--num-pages", type=click.IntRange(2), help="KV pages in the device pool (default: enough "
               "for the batch at max length).")
-@click.option("--device", help="Runtime driver or device URI (default: the manifest's driver), e.g. cuda://1.")
+@click.option("--device", help="Runtime driver or device URI (default: the manifest's driver), e.g. cuda://1; a tensor-"
+              "parallel artifact takes one per device, comma-separated (cuda://0,cuda://1).")
 @click.option("--echo/--no-echo", default=True, show_default=True, help="Print a text prompt before its continuation.")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No summary line (token counts, TTFT, tok/s) on stderr.")
@@ -362,7 +363,8 @@ def inspect(artifact: Path, as_json: bool) -> None:
               help="Reuse the KV pages of a prompt prefix seen before.")
 @click.option("--num-pages", type=click.IntRange(2), help="KV pages in the device pool (default: room for 8 "
               "full-length sequences, at most 1 GiB).")
-@click.option("--device", help="Runtime driver or device URI (default: the manifest's driver), e.g. cuda://1.")
+@click.option("--device", help="Runtime driver or device URI (default: the manifest's driver), e.g. cuda://1; a tensor-"
+              "parallel artifact takes one per device, comma-separated (cuda://0,cuda://1).")
 @click.option("--max-request-bytes", type=click.IntRange(1), help="Largest request body accepted (default 4 MiB).")
 @click.option("--uvicorn-log-level", "log_level", type=click.Choice(["critical", "error", "warning", "info", "debug",
               "trace"]), default="info",
