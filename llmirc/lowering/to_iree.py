@@ -117,7 +117,7 @@ class _ModuleLowering:
         self._shared: set[ir.Value] = set()  # per function: arguments every device reads
         self._copies: dict[tuple[str, int], TV] = {}  # per function: (argument, device) -> its copy there
         self.counter = [0]
-        self._loads: dict[str, TV] = {}  # per function: weight name -> loaded value
+        self._loads: dict = {}  # per function: globals key (weight name, or (name, device)) -> loaded value
         self.stored_transposed = stored_transposed(module)  # weights the archive holds [in, out]
         self.transposed: set[str] = set()  # SSA names of loads of those (quantized.py reads them as such)
 
