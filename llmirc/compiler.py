@@ -247,7 +247,7 @@ def compile_checkpoint(opts: CompileOptions, progress: Progress | None = _stderr
     from .lowering import lower_to_iree
 
     t = stage(f"lower to IREE input (attention: {target.attention})")
-    # weight-only quantized kernels are faster with a dynamic batch; w8a8's integer matmuls with a static one
+    # weight-only quantized kernels are faster with a dynamic batch; w8a8's and w4a16's integer products with a static one
     decode_batches = target.decode_batches(opts.opt_level, quantized=quant is not None and not quant.act_bits)
     iree_input = target.module_text(lower_to_iree(model.module, attention=target.attention, buckets=buckets,
                                                   tile=target.systolic_tile, backend=_backend(target),

@@ -284,18 +284,23 @@ def _dequantize(a, q, scales, zeros=None):
 
 @impl("quantized_matmul")
 def _quantized_matmul(a, x, q, scales, zeros=None):
-    if a.get("act_bits"):
+    if a.get("act_bits") and a["bits"] == 4:  # w4a16: one int16 plane
+        q16, s16 = act_quantize_rows(x, 16)
+        x = q16.astype(np.float32) * s16
+    elif a.get("act_bits"):
         x = sum(p.astype(np.float32) * s for p, s in act_planes(x, a["act_bits"] // 8))
     return x @ _dequantize(a, q, scales, zeros).T
 
 
-def act_quantize_rows(x: Array) -> tuple[Array, Array]:
-    """int8 rows of `x` and their scales: q = roundeven(x * (127 / max|x|)), scale = max|x| / 127.
-    In f32, in this order, as the lowering computes it (lowering/quantized.py)."""
+def act_quantize_rows(x: Array, bits: int = 8) -> tuple[Array, Array]:
+    """int8 (or int16) rows of `x` and their scales: q = roundeven(x * (L / max|x|)), scale =
+    max|x| / L, L = 127 (32767). In f32, in this order, as the lowering computes it
+    (lowering/quantized.py)."""
     x = np.asarray(x, np.float32)
+    limit = np.float32(2 ** (bits - 1) - 1)
     amax = np.abs(x).max(axis=-1, keepdims=True)
-    q = np.rint(x * (np.float32(127.0) / np.maximum(amax, np.float32(_ops.ACT_TINY)))).astype(np.int8)
-    return q, (amax / np.float32(127.0)).astype(np.float32)
+    q = np.rint(x * (limit / np.maximum(amax, np.float32(_ops.ACT_TINY)))).astype(np.int8 if bits == 8 else np.int16)
+    return q, (amax / limit).astype(np.float32)
 
 
 def act_planes(x: Array, n: int) -> list[tuple[Array, Array]]:

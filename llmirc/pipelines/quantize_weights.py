@@ -21,6 +21,11 @@ product is an integer matmul (int8 x int8 -> int32). Linears matching `wide_act`
 W8A8_TWO_PLANES) get `act_bits = 16`: two int8 planes of their input (its int8 form and that of
 the residual), one integer product of twice the rows.
 
+w4a16 (`act_bits=16` on int4 weights): symmetric int4 weights in groups, as int4, and each row
+of the input is quantized to int16 when it runs (one scale per row). The static-batch decode
+functions then take an integer product (int16 x uint4 -> int32 per group, IREE's s16u4s32
+tiles); every other function computes the same numbers from the int16 grid in float.
+
 Group size: `group_size` when it divides the in-features, else the largest divisor of the
 in-features below it, if at least MIN_GROUP; otherwise the layer keeps its float weight, as does
 an int4 layer with odd in-features or out-features not a multiple of 8 (docs/quantization.md).
@@ -41,7 +46,8 @@ from ..dialect.types import TensorT, from_mlir
 from .pass_manager import PassError, PassSpec, register_pass
 from .rewrite import apply_patterns, attrs_of, operands_of, producer
 
-SCHEMES = {"int8": 8, "int4": 4, "w8a8": 8}  # w8a8: int8 weights per output channel, int8 activations per row
+# w8a8: int8 weights per output channel, int8 activations per row; w4a16: int4 groups, int16 rows
+SCHEMES = {"int8": 8, "int4": 4, "w8a8": 8, "w4a16": 4}
 DEFAULT_KEEP = "embed|lm_head"  # "|"-separated: a pipeline text splits options at ","
 MIN_GROUP = 8
 # w8a8 gives these linears two int8 planes of their input: down_proj reads the gated MLP's
@@ -51,6 +57,8 @@ MIN_GROUP = 8
 # decode ran at 6 G weights/s; int8 g128 alone: 99.4 %) (docs/quantization.md).
 W8A8_TWO_PLANES = "down_proj"
 INT4_OUT_MULTIPLE = 8  # IREE 3.13 llvm-cpu cannot compile masked i4 vector loads (a ragged last vector)
+# w4a16's int32 sums per group: |int16| * 15 * group < 2**31 needs group <= 4369
+W4A16_MAX_GROUP = 4096
 
 
 @dataclass(frozen=True)
@@ -61,7 +69,7 @@ class QuantConfig:
     group_size: int = 128
     symmetric: bool = True
     keep: str = DEFAULT_KEEP
-    act_bits: int = 0  # 8: activations quantized per row too, integer matmuls (w8a8)
+    act_bits: int = 0  # 8: activations quantized per row too, integer matmuls (w8a8); 16 on int4: w4a16
     wide_act: str = ""  # with act_bits: linears (name / location substrings) with two activation planes
 
     @classmethod
@@ -69,7 +77,7 @@ class QuantConfig:
               keep: str = DEFAULT_KEEP) -> "QuantConfig":
         if scheme not in SCHEMES:
             raise PassError(f"--quantize must be one of {', '.join(SCHEMES)}, got '{scheme}'")
-        act_bits, wide_act = (8, W8A8_TWO_PLANES) if scheme == "w8a8" else (0, "")
+        act_bits, wide_act = {"w8a8": (8, W8A8_TWO_PLANES), "w4a16": (16, "")}.get(scheme, (0, ""))
         config = cls(SCHEMES[scheme], group_size, symmetric, "|".join(keep_patterns(keep)), act_bits, wide_act)
         config.check()
         return config
@@ -79,14 +87,19 @@ class QuantConfig:
             raise PassError(f"quantize-weights: bits must be 8 or 4, got {self.bits}")
         if self.group_size < 1:
             raise PassError(f"quantize-weights: group size must be a positive integer, got {self.group_size}")
-        if self.act_bits not in (0, 8):
-            raise PassError(f"quantize-weights: act_bits must be 0 or 8, got {self.act_bits}")
-        if self.act_bits and (self.bits != 8 or not self.symmetric):
+        if self.act_bits not in (0, 8, 16):
+            raise PassError(f"quantize-weights: act_bits must be 0, 8 or 16, got {self.act_bits}")
+        if self.act_bits == 8 and (self.bits != 8 or not self.symmetric):
             raise PassError("quantize-weights: w8a8 (act_bits 8) takes symmetric int8 weights; drop --asymmetric")
+        if self.act_bits == 16 and (self.bits != 4 or not self.symmetric):
+            raise PassError("quantize-weights: w4a16 (act_bits 16) takes symmetric int4 weights; drop --asymmetric")
+        if self.act_bits == 16 and self.group_size > W4A16_MAX_GROUP:
+            raise PassError(f"quantize-weights: w4a16 takes --group-size at most {W4A16_MAX_GROUP} (its int32 "
+                            f"sums per group would overflow), got {self.group_size}")
 
     @property
     def scheme(self) -> str:
-        return "w8a8" if self.act_bits else f"int{self.bits}"
+        return {8: "w8a8", 16: "w4a16"}.get(self.act_bits, f"int{self.bits}")
 
     def pass_spec(self) -> PassSpec:
         spec = {"bits": self.bits, "group_size": self.group_size, "symmetric": self.symmetric, "keep": self.keep}
@@ -161,7 +174,7 @@ def quantize_weights(module: ir.Module, weights, bits: int, group_size: int, sym
             return None
         n, k = from_mlir(w.type).shape
         act = 2 * act_bits if act_bits and _named(op, name, wide_patterns) else act_bits
-        g = k if act else choose_group_size(k, group_size, bits)  # w8a8: one scale per output channel
+        g = k if act and bits == 8 else choose_group_size(k, group_size, bits)  # w8a8: one scale per output channel
         if g is None or (bits == 4 and n % INT4_OUT_MULTIPLE):
             return None
         names = tensor_names(name, bits, g, symmetric)

@@ -31,7 +31,7 @@ def cpu_profile(variant: str) -> TargetProfile:
     # 8-layer hidden-512 benchmark; ukernels=all added nothing measurable and --iree-opt-level=O3
     # failed to compile ("operations with large vector sizes"), so neither is used.
     return TargetProfile("cpu", variant, "local", "local-task", tuple(flags), dtypes=("f32", "f16", "bf16"),
-                         quantize=("int8", "int4", "w8a8"), attention="decomposed", notes=note,
+                         quantize=("int8", "int4", "w8a8", "w4a16"), attention="decomposed", notes=note,
                          o3_flags=("--iree-opt-data-tiling=true",), o3_decode_batches=(1, 4),
                          # w8a8 at any level: a 128-row i8 x i8 matmul (2048 x 11264) took 128-137 ms
                          # without data tiling, 30 ms with it (28 with mmt4d ukernels, which made the

@@ -322,3 +322,48 @@ def test_sliding_window_and_softcap_match_interpreter(tiny_checkpoint, strategy)
     full = Paged(tiny_checkpoint, 0)  # the window and cap change the answer
     plain, _ = run_function(full.module, "prefill", [tokens, LENS, TABLES, initial.copy()], full.weights)
     assert np.abs(plain - ref).max() > 1e-2
+
+
+def _w4a16_module(rows: int | None):
+    from iree.compiler import ir
+    from iree.compiler.dialects import func
+
+    ctx = make_context()
+    with ctx, ir.Location.unknown():
+        m = ir.Module.create()
+        with ir.InsertionPoint(m.body):
+            fn = func.FuncOp("mm", ([ir.Type.parse(str(TensorT((rows, 64), "f32")))],
+                                    [ir.Type.parse(str(TensorT((rows, 32), "f32")))]))
+            blk = fn.add_entry_block()
+            with ir.InsertionPoint(blk):
+                b = Builder()
+                q = b.weight(name="q", result_types=[TensorT((32, 64), "i4")], loc="q")
+                s = b.weight(name="s", result_types=[TensorT((32, 2), "f32")], loc="s")
+                func.ReturnOp([b.quantized_matmul(blk.arguments[0], q, s, group_size=32, bits=4, act_bits=16)])
+    return m
+
+
+@pytest.mark.parametrize("rows", [1, 4, None], ids=["b1-integer", "b4-integer", "dynamic-int16-grid"])
+def test_w4a16_follows_the_int16_activations(rows):
+    """w4a16 on llvm-cpu: a static batch of at most 8 rows takes the int16 x uint4 integer
+    product, any other the weight-only kernel on the int16 grid. Both must equal the
+    interpreter's int16 rows; an input with one large channel (its int16 step, 0.09, rounds the
+    others visibly) makes float activations a clearly different answer."""
+    rng = np.random.default_rng(3)
+    weights = {"q": rng.integers(-8, 8, (32, 64)).astype(np.int8), "s": (rng.random((32, 2)) * 0.1).astype(np.float32)}
+    x = rng.standard_normal((rows or 3, 64), dtype=np.float32)
+    x[:, 5] = 3000.0
+    module = _w4a16_module(rows)
+    expected = run_function(module, "mm", [x], weights)[0]
+    types, transposed = weight_types(module), stored_transposed(module)
+    params = {n: encode_param(w, types[n].dtype, n in transposed) for n, w in weights.items()}
+    text = lower_to_iree(module, backend="llvm-cpu")
+    assert ("i16 to i32" in text) == (rows is not None)  # the integer product only at a static batch
+    got = np.asarray(Compiled(compile_iree(text, CPU_FLAGS + ["--iree-opt-data-tiling=true"]), params)
+                     .fn("mm")(x).to_host())
+    atol = 3e-6 * float(np.abs(expected).max())  # some f32 ulps of the outputs (|y| ~ 2000)
+    np.testing.assert_allclose(got, expected, atol=atol, rtol=0)
+    from llmirc.dialect.interpreter import IMPLS
+    float_acts = IMPLS["quantized_matmul"]({"group_size": 32, "bits": 4, "act_bits": 0}, x, weights["q"],
+                                           weights["s"])
+    assert np.abs(float_acts - expected).max() > 10 * atol

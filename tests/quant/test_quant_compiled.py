@@ -41,6 +41,8 @@ CASES = {  # name -> (CompileOptions overrides, -O level)
     "bf16": (dict(dtype="bf16"), 2),
     # integer matmuls, lm_head too: prefill with a dynamic row count, decode through decode_b1
     "w8a8": (dict(quantize="w8a8", keep_float=""), 3),
+    # int16 x uint4 integer products in decode_b1; prefill on the int16 grid through the weight-only kernel
+    "w4a16": (dict(quantize="w4a16", group_size=32, keep_float=""), 3),
 }
 
 

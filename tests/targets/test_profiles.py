@@ -8,6 +8,7 @@ import pytest
 
 from tests.cli import assert_one_error, run_cli
 from llmirc.runtime.engine import DRIVERS_FOR_DEVICE
+from llmirc.pipelines.quantize_weights import SCHEMES
 from llmirc.targets import TARGETS, Buckets, TargetError, all_profiles, resolve
 
 FAMILIES = {"cpu", "cuda", "rocm", "vulkan", "tpu-like", "metal"}
@@ -28,7 +29,7 @@ def test_profile_is_consistent(profile):
     assert f"--iree-hal-target-device={profile.device}" in profile.flags
     assert profile.attention in ("decomposed", "fused")
     assert profile.dtypes and set(profile.dtypes) <= {"f32", "f16", "bf16"}
-    assert set(profile.quantize) <= {"int8", "int4", "w8a8"}
+    assert set(profile.quantize) <= set(SCHEMES)
     assert profile.page_size > 0 and profile.index_dtype in ("i32", "i64")
     assert profile.static_shapes == (profile.buckets is not None)
     assert resolve(profile.full_name) == profile
