@@ -78,10 +78,12 @@ def test_family_matches_transformers(family_checkpoint, tmp_path):
 
 @pytest.mark.slow
 def test_family_int8_runs_close_to_f32(family_checkpoint, tmp_path):
-    """Weight-only int8 of each family: prefill logits close to the f32 artifact's."""
+    """Weight-only int8 of each family: prefill logits close to the f32 artifact's. At -O2: only
+    prefill runs here, and -O3 adds the static-batch decode functions (and data tiling of the
+    float matmuls), which test_family_matches_transformers covers at -O3; -O2 halves the compiles."""
     _, ckpt = family_checkpoint
-    f32 = Engine(compile_artifact(ckpt, tmp_path / "f32", opt_level=3), num_pages=16)
-    int8 = Engine(compile_artifact(ckpt, tmp_path / "int8", opt_level=3, quantize="int8", group_size=32),
+    f32 = Engine(compile_artifact(ckpt, tmp_path / "f32", opt_level=2), num_pages=16)
+    int8 = Engine(compile_artifact(ckpt, tmp_path / "int8", opt_level=2, quantize="int8", group_size=32),
                   num_pages=16)
     p = PROMPTS[0]
     args = (np.array([p]), np.array([len(p)]), np.arange(1, 1 + -(-len(p) // f32.page_size))[None])
