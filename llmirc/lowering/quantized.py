@@ -45,15 +45,13 @@ QUANTIZED_OPERANDS = {1, 2, 3}  # values, scales, zero_points of llm.quantized_m
 PREFILL_ROWS = (64, 4)
 
 
-def stage1_cpu_tiles(n: int, grouped: bool, rows: tuple[int, int] | None = (1, 1)) -> str:
-    """Tiles of a (group,) m, n, i contraction; rows None: a generic without the m loop."""
+def stage1_cpu_tiles(n: int, grouped: bool, rows: tuple[int, int] = (1, 1)) -> str:
     vec = next(v for v in (32, 16, 8, 4, 2, 1) if n % v == 0)
     dist = next(d for d in range(min(256, n) // vec * vec, 0, -vec) if n % d == 0)
     lead, zero = ("1, ", "0, ") if grouped else ("", "")
-    (row_dist, row_vec), row_red = (("", ""), "") if rows is None else ((f"{rows[0]}, ", f"{rows[1]}, "), "0, ")
     return ("compilation_info = #iree_codegen.compilation_info<lowering_config = #iree_cpu.lowering_config<"
-            f"distribution = [{lead}{row_dist}{dist}, 0], vector_common_parallel = [{lead}{row_vec}{vec}, 0], "
-            f"vector_reduction = [{zero}{row_red}0, 1]>, translation_info = #iree_codegen.translation_info<"
+            f"distribution = [{lead}{rows[0]}, {dist}, 0], vector_common_parallel = [{lead}{rows[1]}, {vec}, 0], "
+            f"vector_reduction = [{zero}0, 0, 1]>, translation_info = #iree_codegen.translation_info<"
             "pipeline = #iree_cpu.pipeline<DoubleTilingExpert>>>")
 
 
@@ -125,7 +123,7 @@ def quantized_matmul(e: Emitter, op: LOp) -> list[TV]:
     x2 = _as_2d(e, x)
     m = x2.dims[0]
     if op.attrs.get("act_bits"):  # w4a16: the input on its int16 grid
-        amax = _row_abs_max(e, x2)
+        amax = _row_abs_max(e, m, ft, [(x2, ["d0", "d1"])])
         if (op.options.get("backend") == "llvm-cpu" and isinstance(m, int) and m <= W4A16_INTEGER_ROWS
                 and zt is None and g % W4A16_GROUP_MULTIPLE == 0):
             y = _w4a16_integer(e, x2, amax, qt, st, g)
@@ -184,18 +182,22 @@ def quantized_matmul(e: Emitter, op: LOp) -> list[TV]:
     return [_from_2d(e, y, op.result_dims(0, x.dims[:-1] + (n,))[:-1])]
 
 
-def _row_abs_max(e: Emitter, x2: TV) -> TV:
-    """max over k of |x[m, k]|: [M]."""
-    ft = x2.dtype
-    return e.generic(2, [(x2, ["d0", "d1"])], [(e.filled((x2.dims[0],), ft, 0.0), ["d0"])],
-                     lambda a: [e.v(f"arith.maximumf {e.v(f'math.absf {a[0]} : {ft}')}, {a[1]} : {ft}")],
+def _row_abs_max(e: Emitter, m, ft: str, ins: list, value=lambda a: a[0]) -> TV:
+    """max over k of |value(block args)| for each row of an (m, k) loop nest: [M]."""
+    return e.generic(2, ins, [(e.filled((m,), ft, 0.0), ["d0"])],
+                     lambda a: [e.v(f"arith.maximumf {e.v(f'math.absf {value(a)} : {ft}')}, {a[-1]} : {ft}")],
                      reductions=(1,))[0]
 
 
-def _int16_steps(e: Emitter, v: str, amax: str, ft: str) -> str:
-    """roundeven(v * (32767 / max(amax, tiny))) as f32: the interpreter's act_quantize_rows(x, 16)."""
-    inv = e.v(f"arith.divf {e.const(I16_LIMIT, ft)}, {e.v(f'arith.maximumf {amax}, {e.const(ACT_TINY, ft)} : {ft}')} : {ft}")
+def _grid_steps(e: Emitter, v: str, amax: str, limit: str, tiny: str, ft: str) -> str:
+    """roundeven(v * (limit / max(amax, tiny))) as f32: v in steps of its row's grid, the
+    interpreter's act_quantize_rows (limit 127 for int8, 32767 for int16; constants given)."""
+    inv = e.v(f"arith.divf {limit}, {e.v(f'arith.maximumf {amax}, {tiny} : {ft}')} : {ft}")
     return e.v(f"math.roundeven {e.v(f'arith.mulf {v}, {inv} : {ft}')} : {ft}")
+
+
+def _int16_steps(e: Emitter, v: str, amax: str, ft: str) -> str:
+    return _grid_steps(e, v, amax, e.const(I16_LIMIT, ft), e.const(ACT_TINY, ft), ft)
 
 
 def _int16_grid(e: Emitter, x2: TV, amax: TV) -> TV:
@@ -294,22 +296,15 @@ def _integer_matmul(e: Emitter, op: LOp) -> TV:
 
     def quantized(v: str, amax: str) -> tuple[str, str]:
         """(roundeven(v * 127 / max(amax, tiny)) as f32, amax / 127)."""
-        inv = e.v(f"arith.divf {c127}, {e.v(f'arith.maximumf {amax}, {tiny} : {ft}')} : {ft}")
-        return (e.v(f"math.roundeven {e.v(f'arith.mulf {v}, {inv} : {ft}')} : {ft}"),
-                e.v(f"arith.divf {amax}, {c127} : {ft}"))
+        return _grid_steps(e, v, amax, c127, tiny, ft), e.v(f"arith.divf {amax}, {c127} : {ft}")
 
     def residual(v: str, amax: str) -> str:
         r, scale = quantized(v, amax)
         return e.v(f"arith.subf {v}, {e.v(f'arith.mulf {r}, {scale} : {ft}')} : {ft}")
 
-    def row_max(ins: list, value) -> TV:  # max over k of |value(block args)| per row
-        return e.generic(2, ins, [(e.filled((m,), ft, 0.0), ["d0"])],
-                         lambda a: [e.v(f"arith.maximumf {e.v(f'math.absf {value(a)} : {ft}')}, {a[-1]} : {ft}")],
-                         reductions=(1,))[0]
-
-    amax = [row_max([(x2, ["d0", "d1"])], lambda a: a[0])]
+    amax = [_row_abs_max(e, m, ft, [(x2, ["d0", "d1"])])]
     if planes == 2:
-        amax.append(row_max([(x2, ["d0", "d1"]), (amax[0], ["d0"])], lambda a: residual(a[0], a[1])))
+        amax.append(_row_abs_max(e, m, ft, [(x2, ["d0", "d1"]), (amax[0], ["d0"])], lambda a: residual(a[0], a[1])))
 
     def quantize(a):  # a: x, then amax of each plane
         if planes == 1:
