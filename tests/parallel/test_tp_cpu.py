@@ -90,3 +90,19 @@ def test_device_list(tp_artifacts):
         Engine(art, num_pages=4, device="local-task,local-task,local-task")
     with pytest.raises(RuntimeDeviceError, match="cannot run on driver 'cuda'"):
         Engine(art, num_pages=4, device="local-task,cuda://0")
+
+
+def test_tp2_of_a_transformers_saved_checkpoint(tmp_path):
+    """A Llama saved by transformers' own save_pretrained, norms and biases perturbed, with q/k/v,
+    o_proj and MLP biases (split with their weight, or added once after the all-reduce): TP=2
+    greedy tokens and logits against transformers."""
+    from tests.hf_checkpoints import save_hf_model
+    from tests.parallel.conftest import compile_tp
+
+    ckpt = save_hf_model(tmp_path / "ckpt", "llama", seed=5, attention_bias=True, mlp_bias=True)
+    hf = hf_model(ckpt)
+    refs = [hf_greedy(hf, p, 16) for p in PROMPTS]
+    tokens, logits = greedy_with_engine(Engine(compile_tp(ckpt, tmp_path / "tp2", 2), num_pages=64), PROMPTS, 15)
+    for row, toks, (ref_tokens, ref_logits) in zip(logits, tokens, refs):
+        assert toks == ref_tokens[:15]
+        np.testing.assert_allclose(row, ref_logits, atol=1e-3, rtol=0)
