@@ -191,9 +191,19 @@ class Model:
                            prompt_lens[i]) for i in range(n)]
 
 
-def load(artifact_dir: str | Path, num_pages: int | None = None, device: str | None = None) -> Model:
-    """Load an artifact written by `llmirc compile` onto its device (or `device`)."""
-    engine = Engine(artifact_dir, num_pages=num_pages, device=device)
+def load(artifact_dir: str | Path, num_pages: int | None = None, device: str | None = None,
+         ray: bool | str = False) -> Model:
+    """Load an artifact written by `llmirc compile` onto its device (or `device`).
+
+    `ray`: run a pipeline-parallel artifact's stages as Ray actors (True: the RAY_ADDRESS
+    cluster or a new local one; a string: that cluster's address; docs/parallel.md)."""
+    if ray:
+        from .runtime.ray_stages import RayPipelineEngine
+
+        engine = RayPipelineEngine(artifact_dir, num_pages=num_pages, device=device,
+                                   address=None if ray is True else ray)
+    else:
+        engine = Engine(artifact_dir, num_pages=num_pages, device=device)
     root = Path(artifact_dir)
     return Model(engine, load_tokenizer(root),
                  add_bos=should_add_bos(engine.manifest, _read_json(root / TOKENIZER_CONFIG_FILE)))

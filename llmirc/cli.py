@@ -91,6 +91,10 @@ def main() -> None:
 @click.option("--tp", type=int, default=1, show_default=True, metavar="N",
               help="Tensor parallelism: split the model over N devices of the target (cpu: N local devices, "
                    "cuda/rocm: N GPUs) in one module (docs/parallel.md).")
+@click.option("--pp", type=int, default=1, show_default=True, metavar="N",
+              help="Pipeline parallelism: N stages of contiguous layers (stage 0 embeds, the last has the final "
+                   "norm and lm_head), one module and one KV pool per stage, each stage on its own device "
+                   "(cpu: N local devices, cuda/rocm: N GPUs; docs/parallel.md).")
 @click.option("--passes", help="Custom pipeline replacing -O's, e.g. 'blockify-kv-cache{block_size=32}'.")
 @click.option("--quantize", metavar="int8|int4|w8a8|w4a16", help="Store linear weights group-quantized; w8a8 "
               "(int8 weights) and w4a16 (int4 weights) also quantize activations per token, to int8 and int16, "
@@ -115,7 +119,7 @@ def main() -> None:
 def compile(checkpoint: Path | None, output: Path, target: str, opt_level: int, emit: str,
             max_seq_len: int | None, page_size: int | None, passes: str | None, quantize: str | None,
             group_size: int | None, symmetric: bool, keep_float: str, dtype: str, buckets: str | None,
-            tp: int, print_ir_after_all: bool,
+            tp: int, pp: int, print_ir_after_all: bool,
             print_ir_after: tuple[str, ...], timing: bool, no_verify_each: bool, as_json: bool,
             quiet: bool) -> None:
     """Compile a Hugging Face checkpoint directory or a GGUF file (default: the
@@ -131,7 +135,7 @@ def compile(checkpoint: Path | None, output: Path, target: str, opt_level: int, 
     opts = CompileOptions(checkpoint or DEFAULT_MODEL, output, target, opt_level, emit, max_seq_len, page_size,
                           passes, print_ir_after_all, print_ir_after, timing, not no_verify_each,
                           quantize=quantize, group_size=group_size, symmetric=symmetric, keep_float=keep_float,
-                          dtype=dtype, buckets=buckets, tp=tp)
+                          dtype=dtype, buckets=buckets, tp=tp, pp=pp)
     heartbeat = Heartbeat(sys.stderr)
     result = compile_checkpoint(opts, progress=None if quiet else heartbeat.stage, warn=_warning,
                                 tick=heartbeat.tick)

@@ -60,6 +60,7 @@ class CompileOptions:
     dtype: str = "auto"
     buckets: str | None = None  # static-shape targets: "batch=1,4;len=32,128;pages=65" (docs/targets.md)
     tp: int = 1  # tensor parallelism: one module for tp devices of the target's kind (docs/parallel.md)
+    pp: int = 1  # pipeline parallelism: pp stages of contiguous layers, one module per stage (docs/parallel.md)
 
 
 @dataclass
@@ -199,6 +200,18 @@ def compile_checkpoint(opts: CompileOptions, progress: Progress | None = _stderr
     if opts.tp > 1 and opts.quantize:
         raise LlmircError(f"--tp {opts.tp} with --quantize {opts.quantize} is not supported yet: shard-tp splits "
                           "float weights only (docs/parallel.md)")
+    if opts.pp < 1:
+        raise LlmircError(f"--pp must be at least 1, got {opts.pp}")
+    if opts.pp > 1:
+        if opts.tp > 1:
+            raise LlmircError(f"--pp {opts.pp} with --tp {opts.tp} is not supported yet: each pipeline stage runs "
+                              "on one device (docs/parallel.md)")
+        if target.static_shapes or target.device not in ("local", "cuda", "hip"):
+            raise LlmircError(f"--pp {opts.pp}: pipeline parallelism compiles for cpu, cuda and rocm targets, "
+                              f"not {target.full_name}")
+        if opts.passes:
+            raise LlmircError(f"--pp {opts.pp} with --passes is not supported: each stage runs the -O level's "
+                              "pipeline")
     bucket_spec = _bucket_spec(target, opts.buckets)
     check_output(Path(opts.output), "artifact" if opts.emit == "vmfb" else "file")
     page_size = opts.page_size or target.page_size
@@ -223,7 +236,12 @@ def compile_checkpoint(opts: CompileOptions, progress: Progress | None = _stderr
     if widened:
         warn(widened)
     buckets = bucket_spec.resolve(model.config.max_seq_len, page_size) if bucket_spec else None
+    if opts.pp > model.config.num_layers:
+        raise LlmircError(f"--pp {opts.pp}: the model has {model.config.num_layers} layers, fewer than the stages; "
+                          f"use --pp 1..{model.config.num_layers}")
     result.stage_seconds["import"] = time.perf_counter() - t
+    if opts.pp > 1:
+        return _compile_pipeline(opts, model, target, dtype, quant, page_size, result, stage, current, tick, progress)
     if opts.emit == "llm":
         write_atomic(opts.output, print_module(model.module, debug_info=False))
         return _timed(result, opts)
@@ -280,6 +298,92 @@ def compile_checkpoint(opts: CompileOptions, progress: Progress | None = _stderr
     from .runtime.probe import mark_verified
 
     mark_verified(manifest.files["model.vmfb"])  # we wrote it: no need to test-run it before use
+    result.stage_seconds["write"] = time.perf_counter() - t
+    return _timed(result, opts)
+
+
+def stage_vmfb_name(i: int) -> str:
+    """The file of pipeline stage i: stage 0 is model.vmfb (what every reader of an artifact
+    finds first), stage i > 0 stage{i}.vmfb."""
+    return "model.vmfb" if i == 0 else f"stage{i}.vmfb"
+
+
+def _compile_pipeline(opts: CompileOptions, model, target: TargetProfile, dtype: str, quant, page_size: int,
+                      result: CompileResult, stage, current, tick, progress) -> CompileResult:
+    """--pp N: stage i is layers [a, b) of stage_layers(L, N), built by the frontend as its own
+    llm module (stage 0 with the embedding, the last with the final norm and lm_head), run
+    through the level's pipeline and lowered to its own one-device vmfb; all stages share one
+    model.irpa (docs/parallel.md)."""
+    from .frontend import stage_layers
+
+    ranges = stage_layers(model.config.num_layers, opts.pp)
+    modules = [model.stage_module(r) for r in ranges]
+
+    def joined(texts) -> str:
+        return "".join(f"// stage {i}: layers {a}..{b - 1}\n{text}" for i, ((a, b), text) in
+                       enumerate(zip(ranges, texts)))
+
+    if opts.emit == "llm":
+        write_atomic(opts.output, joined(print_module(m, debug_info=False) for m in modules))
+        return _timed(result, opts)
+    t = stage(f"optimize -O{opts.opt_level} (each of {opts.pp} pipeline stages), weights {dtype}")
+    passes = pipeline_for_level(opts.opt_level, page_size, quant, dtype)
+    weights = model.weight_store()
+    for m in modules:
+        PassManager(passes, verify_each=opts.verify_each, print_ir_after_all=opts.print_ir_after_all,
+                    print_ir_after=frozenset(opts.print_ir_after), timing=opts.timing, weights=weights).run(m)
+    result.stage_seconds["optimize"] = time.perf_counter() - t
+    if opts.emit == "llm-opt":
+        write_atomic(opts.output, joined(print_module(m) for m in modules))
+        return _timed(result, opts)
+
+    from .lowering import lower_to_iree
+
+    t = stage(f"lower to IREE input (attention: {target.attention}), {opts.pp} stages")
+    decode_batches = target.decode_batches(opts.opt_level, quantized=quant is not None and not quant.act_bits)
+    inputs = [target.module_text(lower_to_iree(m, attention=target.attention, tile=target.systolic_tile,
+                                               backend=_backend(target), decode_batches=decode_batches))
+              for m in modules]
+    result.stage_seconds["lower"] = time.perf_counter() - t
+    if opts.emit == "iree-input":
+        write_atomic(opts.output, joined(inputs))
+        return _timed(result, opts)
+
+    from .artifacts import write_bundle
+    from .lowering import compile_iree, stored_transposed
+
+    t = stage(f"iree-compile for {target.full_name}, {opts.pp} stages")
+    flags = target.compile_flags(opts.opt_level, integer_matmuls=bool(quant and quant.act_bits))
+    with _ticking(current[0], tick if progress else None):
+        vmfbs = [compile_iree(text, flags) for text in inputs]
+    result.stage_seconds["iree-compile"] = time.perf_counter() - t
+
+    t = stage(f"write artifact {opts.output}")
+    types: dict = {}
+    transposed: set[str] = set()
+    for m in modules:
+        types |= weight_types(m)
+        transposed |= stored_transposed(m)
+    record = _target_record(target, opts.opt_level, None, 1)
+    record["devices"] = {"count": opts.pp, "kind": target.device, "parallelism": "pipeline",
+                         "stages": [{"layers": [a, b], "vmfb": stage_vmfb_name(i),
+                                     "input": "tokens" if i == 0 else "hidden",
+                                     "output": "logits" if b == model.config.num_layers else "hidden"}
+                                    for i, (a, b) in enumerate(ranges)]}
+    kv = _kv_record(page_size, model.config.num_kv_heads, 1)
+    kv["pools"] = opts.pp
+    kv["pool_layers"] = [b - a for a, b in ranges]
+    manifest = write_bundle(
+        opts.output, vmfb=vmfbs[0], params=_LazyParams(weights, types, transposed),
+        extra_files={stage_vmfb_name(i): v for i, v in enumerate(vmfbs) if i > 0},
+        tokenizer_files=model.tokenizer_files(), model=model.config.summary(), target=record,
+        entry_points=_entry_points(target, None, decode_batches, 1), opt_level=opts.opt_level, kv=kv,
+        compiler={"llmirc": __version__, "iree": _iree_version(),
+                  "weights": _weights_record(dtype, opts.dtype, quant, types)},
+        source={"checkpoint": str(opts.checkpoint)})
+    from .runtime.probe import mark_verified
+
+    mark_verified(manifest.files["model.vmfb"])  # we wrote it (the probe runs every stage from this one's key)
     result.stage_seconds["write"] = time.perf_counter() - t
     return _timed(result, opts)
 

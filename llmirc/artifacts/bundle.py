@@ -46,6 +46,7 @@ def write_bundle(
     compiler: Mapping[str, Any] | None = None,
     source: Mapping[str, Any] | None = None,
     tokenizer_files: Iterable[str | Path] = (),
+    extra_files: Mapping[str, bytes] | None = None,
 ) -> Manifest:
     """Write the artifact to `out_dir` and return its manifest.
 
@@ -73,6 +74,8 @@ def write_bundle(
     try:
         _write_module(tmp / VMFB_NAME, vmfb)
         write_params(tmp / PARAMS_NAME, params)
+        for name, data in (extra_files or {}).items():  # pipeline stages after the first (stage{i}.vmfb)
+            _write_module(tmp / name, data)
         for src in map(Path, tokenizer_files):
             if src.is_file():
                 shutil.copyfile(src, tmp / src.name)

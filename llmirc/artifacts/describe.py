@@ -156,11 +156,16 @@ def describe(m: Manifest, sizes: dict[str, int] | None = None) -> str:
 
 
 def _parallel(m: Manifest) -> str:
-    """`parallel` line of a tensor-parallel artifact (manifest target.devices), else ""."""
+    """`parallel` line of a tensor- or pipeline-parallel artifact (manifest target.devices), else ""."""
     d = m.target.extra.get("devices")
     if not isinstance(d, dict):
         return ""
     n, kind = d.get("count", "?"), d.get("kind", m.target.device)
+    if d.get("parallelism") == "pipeline":
+        stages = "; ".join(f"{s.get('vmfb', '?')} layers {s['layers'][0]}..{s['layers'][1] - 1}"
+                           for s in d.get("stages", []) if isinstance(s, dict) and len(s.get("layers", [])) == 2)
+        return (f"parallel   pipeline parallelism: {n} stages on {n} '{kind}' devices ({stages}); "
+                f"one KV pool per stage (its layers only), one block table for all")
     heads = m.kv.extra.get("pool_kv_heads", "?")
     return (f"parallel   {d.get('parallelism', 'tensor')} parallelism over {n} '{kind}' devices; "
             f"one KV pool per device ({heads} KV head{'s' if heads != 1 else ''} each), one block table for all")

@@ -14,7 +14,7 @@ from ..errors import CheckpointError
 from . import prequantized
 from .checkpoint import TOKENIZER_FILES, Checkpoint, WeightSource
 from .config import LlamaConfig, ModelConfig, load_config
-from .decoder import build_decoder, cache_type, weight_shapes
+from .decoder import build_decoder, cache_type, stage_layers, weight_shapes
 from .families import FAMILIES
 from .layout import laid_out
 from .prequantized import PrequantizedLayout
@@ -78,6 +78,11 @@ class ImportedModel:
 
     def tokenizer_files(self) -> list[Path]:
         return self.source.tokenizer_files()
+
+    def stage_module(self, layers: tuple[int, int]) -> ir.Module:
+        """The llm IR of one pipeline stage: layers [a, b) (build_decoder's `layers`), in the
+        same context as `module`."""
+        return build_decoder(self.config, self.module.context, dict(self.source.quantized), layers)
 
 
 def import_checkpoint(path: str | Path, max_seq_len: int | None = None,
@@ -149,4 +154,4 @@ def fused_part(name: str, family, shapes: dict[str, tuple[int, ...]]) -> tuple[s
 
 
 __all__ = ["Checkpoint", "ImportedModel", "LlamaConfig", "ModelConfig", "TOKENIZER_FILES", "WeightSource",
-           "build_decoder", "cache_type", "import_checkpoint", "load_config", "weight_shapes"]
+           "build_decoder", "cache_type", "stage_layers", "import_checkpoint", "load_config", "weight_shapes"]

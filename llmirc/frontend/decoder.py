@@ -73,13 +73,27 @@ def weight_shapes(c: ModelConfig) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-def cache_type(c: ModelConfig) -> KVCacheT:
-    return KVCacheT(c.num_layers, c.num_kv_heads, c.head_dim, c.max_seq_len, F32)
+def cache_type(c: ModelConfig, layers: int | None = None) -> KVCacheT:
+    return KVCacheT(c.num_layers if layers is None else layers, c.num_kv_heads, c.head_dim, c.max_seq_len, F32)
+
+
+def stage_layers(num_layers: int, stages: int) -> list[tuple[int, int]]:
+    """Contiguous layer ranges [a, b) of `stages` pipeline stages, as even as possible (the
+    first `num_layers % stages` stages get one layer more)."""
+    q, r = divmod(num_layers, stages)
+    out, a = [], 0
+    for i in range(stages):
+        b = a + q + (i < r)
+        out.append((a, b))
+        a = b
+    return out
 
 
 class _DecoderBuilder:
-    def __init__(self, c: ModelConfig, b: Builder, quantized: dict | None = None):
+    def __init__(self, c: ModelConfig, b: Builder, quantized: dict | None = None,
+                 layers: tuple[int, int] | None = None):
         self.c, self.b = c, b
+        self.layers = layers or (0, c.num_layers)
         self.shapes = weight_shapes(c)
         self.inv_freq = [float(x) for x in c.inv_freq()]
         self.quantized = quantized or {}  # weight name -> prequantized.QuantizedLinear (GPTQ/AWQ)
@@ -109,8 +123,8 @@ class _DecoderBuilder:
         if not c.learned_positions:  # rotary; learned positions were added to the embeddings
             q = b.rope(q, pos, inv_freq=self.inv_freq, loc=p + ".rope_q")
             k = b.rope(k, pos, inv_freq=self.inv_freq, loc=p + ".rope_k")
-        cache = b.append_kv(cache, k, v, pos, layer=i, loc=p + ".append_kv")
-        a = b.attention(q, cache, pos, layer=i, num_heads=c.num_heads, num_kv_heads=c.num_kv_heads,
+        cache = b.append_kv(cache, k, v, pos, layer=i - self.layers[0], loc=p + ".append_kv")
+        a = b.attention(q, cache, pos, layer=i - self.layers[0], num_heads=c.num_heads, num_kv_heads=c.num_kv_heads,
                         head_dim=c.head_dim, scale=c.attention_scale(i), window=c.window(i),
                         softcap=c.attn_softcap, loc=p + ".attention")
         a = b.reshape(a, shape=[0, 0, c.num_heads * c.head_dim])
@@ -140,16 +154,26 @@ class _DecoderBuilder:
         return b.moe_ffn(x, weights, indices, self.w(p + ".experts.gate_up_proj"), self.w(p + ".experts.down_proj"),
                          activation=c.hidden_act, loc=p + ".experts")
 
-    def body(self, tokens: ir.Value, pos: ir.Value, cache: ir.Value) -> tuple[ir.Value, ir.Value]:
-        """Decoder layers over tokens [B, T]; returns hidden [B, T, H] and the cache."""
+    def body(self, tokens: ir.Value, pos: ir.Value, cache: ir.Value,
+             hidden: ir.Value | None = None) -> tuple[ir.Value, ir.Value]:
+        """Decoder layers over tokens [B, T]; returns hidden [B, T, H] and the cache. A pipeline
+        stage (self.layers != all) runs only its layers, from `hidden` after stage 0; its cache
+        holds its layers only (cache layer i - first)."""
         b = self.b
+        first, end = self.layers
+        if first > 0:
+            return self.layers_of(hidden, pos, cache)
         x = b.embedding(tokens, self.w("model.embed_tokens.weight"))
         if self.c.embed_scale != 1.0:
             x = b.scale(x, factor=self.c.embed_scale, loc="model.embed_scale")
         if self.c.learned_positions:  # padding positions (-1) read row 0 (embedding clamps), never used
             pe = b.embedding(pos, self.w("model.embed_positions.weight"), loc="model.embed_positions")
             x = b.add(x, pe, loc="model.embed_positions.add")
-        for i in range(self.c.num_layers):
+        return self.layers_of(x, pos, cache)
+
+    def layers_of(self, x: ir.Value, pos: ir.Value, cache: ir.Value) -> tuple[ir.Value, ir.Value]:
+        b = self.b
+        for i in range(*self.layers):
             p = f"model.layers.{i}"
             if self.c.parallel_block:
                 x, cache = self.parallel_block(x, pos, cache, i)
@@ -197,7 +221,8 @@ def _entry(name: str, args: list, results: list, body) -> None:
         func.ReturnOp(list(body(*block.arguments)))
 
 
-def build_decoder(c: ModelConfig, ctx: ir.Context | None = None, quantized: dict | None = None) -> ir.Module:
+def build_decoder(c: ModelConfig, ctx: ir.Context | None = None, quantized: dict | None = None,
+                  layers: tuple[int, int] | None = None) -> ir.Module:
     """llm IR module with `prefill`, `extend`, `extend_all` and `decode` (contiguous KV cache semantics).
 
     prefill(tokens i64[B,T], seq_lens i64[B], cache) -> (logits f32[B,V], cache)
@@ -208,41 +233,61 @@ def build_decoder(c: ModelConfig, ctx: ir.Context | None = None, quantized: dict
     extend_all(same) -> (logits f32[B,T,V] of every new position, cache)  (prompt logprobs)
     decode(tokens i64[B], positions i64[B], cache) -> (logits f32[B,V], cache)
     `quantized` (a pre-quantized checkpoint's linears) makes those linears quantized_matmuls.
+
+    `layers` = (a, b): one pipeline stage (docs/parallel.md), layers a..b-1 only, with a cache
+    of b - a layers. After the first stage every function takes the hidden state after layer
+    a - 1 as an argument after the cache (f32[B,T,H]; f32[B,H] for decode); before the last
+    stage every function returns the hidden state after layer b - 1 (the same shapes; prefill
+    and extend return every position: the last stage picks the last token) instead of logits.
     """
     ctx = ctx or make_context()
-    cache_t = cache_type(c)
+    first, end = layers or (0, c.num_layers)
+    head_here, embed_here = end == c.num_layers, first == 0
+    cache_t = cache_type(c, end - first)
     logits_t = TensorT((None, c.vocab_size), F32)
+    seq_hidden_t = TensorT((None, None, c.hidden_size), F32)
+    tok_hidden_t = TensorT((None, c.hidden_size), F32)
     with ctx, ir.Location.unknown():
         module = ir.Module.create()
         module.operation.attributes["llm.model"] = ir.StringAttr.get(c.architecture)
-        lb = _DecoderBuilder(c, Builder(), quantized)
+        lb = _DecoderBuilder(c, Builder(), quantized, (first, end))
         b = lb.b
 
-        def prefill(tokens, seq_lens, cache):
+        def prefill(tokens, seq_lens, cache, hidden=None):
             pos = b.positions(tokens, seq_lens, loc="prefill.positions")
-            x, cache = lb.body(tokens, pos, cache)
+            x, cache = lb.body(tokens, pos, cache, hidden)
+            if not head_here:
+                return x, cache
             return lb.head(b.last_token(x, seq_lens, loc="prefill.last_token")), cache
 
-        def extend(tokens, start_pos, new_lens, cache):
+        def extend(tokens, start_pos, new_lens, cache, hidden=None):
             pos = b.extend_positions(tokens, start_pos, new_lens, loc="extend.positions")
-            x, cache = lb.body(tokens, pos, cache)
+            x, cache = lb.body(tokens, pos, cache, hidden)
+            if not head_here:
+                return x, cache
             return lb.head(b.last_token(x, new_lens, loc="extend.last_token")), cache
 
-        def extend_all(tokens, start_pos, new_lens, cache):
+        def extend_all(tokens, start_pos, new_lens, cache, hidden=None):
             pos = b.extend_positions(tokens, start_pos, new_lens, loc="extend_all.positions")
-            x, cache = lb.body(tokens, pos, cache)
-            return lb.head(x), cache
+            x, cache = lb.body(tokens, pos, cache, hidden)
+            return (lb.head(x) if head_here else x), cache
 
-        def decode(tokens, positions, cache):
-            x, cache = lb.body(b.reshape(tokens, shape=[0, 1]), b.reshape(positions, shape=[0, 1]), cache)
-            return lb.head(b.reshape(x, shape=[0, c.hidden_size])), cache
+        def decode(tokens, positions, cache, hidden=None):
+            if hidden is not None:
+                hidden = b.reshape(hidden, shape=[0, 1, c.hidden_size])
+            x, cache = lb.body(b.reshape(tokens, shape=[0, 1]), b.reshape(positions, shape=[0, 1]), cache, hidden)
+            x = b.reshape(x, shape=[0, c.hidden_size])
+            return (lb.head(x) if head_here else x), cache
 
+        seq_in = [] if embed_here else [seq_hidden_t]
+        tok_in = [] if embed_here else [tok_hidden_t]
         with ir.InsertionPoint(module.body):
-            _entry("prefill", [TensorT((None, None), "i64"), TensorT((None,), "i64"), cache_t],
-                   [logits_t, cache_t], prefill)
+            _entry("prefill", [TensorT((None, None), "i64"), TensorT((None,), "i64"), cache_t] + seq_in,
+                   [logits_t if head_here else seq_hidden_t, cache_t], prefill)
             extend_args = [TensorT((None, None), "i64"), TensorT((None,), "i64"), TensorT((None,), "i64"), cache_t]
-            _entry("extend", extend_args, [logits_t, cache_t], extend)
-            _entry("extend_all", extend_args, [TensorT((None, None, c.vocab_size), F32), cache_t], extend_all)
-            _entry("decode", [TensorT((None,), "i64"), TensorT((None,), "i64"), cache_t],
-                   [logits_t, cache_t], decode)
+            _entry("extend", extend_args + seq_in, [logits_t if head_here else seq_hidden_t, cache_t], extend)
+            _entry("extend_all", extend_args + seq_in,
+                   [TensorT((None, None, c.vocab_size), F32) if head_here else seq_hidden_t, cache_t], extend_all)
+            _entry("decode", [TensorT((None,), "i64"), TensorT((None,), "i64"), cache_t] + tok_in,
+                   [logits_t if head_here else tok_hidden_t, cache_t], decode)
     return module

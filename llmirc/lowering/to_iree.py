@@ -324,6 +324,8 @@ def _dtype(t) -> str:
 
 def _static_shape(fname: str, i: int, shape: tuple, dims: dict[str, int]) -> tuple[int, ...]:
     names = _STATIC_ARGS.get(fname, ())
+    if i == len(names) and names and len(shape) == len(names[0]) + 1:
+        names = names + (names[0] + ("H",),)  # a pipeline stage's hidden-state input: the tokens' dims, then H
     if i >= len(names) or len(names[i]) != len(shape):
         raise LoweringError(f"function @{fname}: argument {i} has no static shape in the paged-KV ABI")
     out = tuple(dims.get(n, have) for n, have in zip(names[i], shape))  # a dim not in `dims` stays as it is

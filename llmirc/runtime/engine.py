@@ -51,6 +51,24 @@ class Engine:
     would otherwise crash this process); `probe=False` or `verify_checksums=False` skips that.
     """
 
+    def __new__(cls, artifact_dir: str | Path, *args, **kwargs):
+        """A pipeline-parallel artifact (`--pp N`) gets a PipelineEngine (runtime/pipeline.py),
+        which has this interface: the scheduler, llmirc run / serve / chat and llmirc.load
+        use it unchanged."""
+        if cls is Engine:
+            try:
+                import json
+
+                data = json.loads((Path(artifact_dir) / "manifest.json").read_text(encoding="utf-8"))
+                pipeline = data["target"]["devices"]["parallelism"] == "pipeline"
+            except (OSError, ValueError, KeyError, TypeError):
+                pipeline = False  # not a pipeline artifact, or broken: __init__ says what is wrong
+            if pipeline:
+                from .pipeline import PipelineEngine
+
+                return super().__new__(PipelineEngine)
+        return super().__new__(cls)
+
     def __init__(self, artifact_dir: str | Path, num_pages: int | None = None, device: str | None = None,
                  verify_checksums: bool = True, probe: bool = True) -> None:
         import iree.runtime as rt
@@ -435,10 +453,15 @@ def device_uris(manifest: Manifest, device: str | None) -> list[str]:
                                         for i in range(n)]
     if len(uris) != n:
         raise RuntimeDeviceError(f"the artifact was compiled for {n} device{'s' if n > 1 else ''} "
-                                 f"(tensor parallelism) but --device names {len(uris)}: {','.join(uris)}; give "
+                                 f"({_parallelism(manifest)} parallelism) but --device names {len(uris)}: {','.join(uris)}; give "
                                  f"{n} comma-separated devices" + (", e.g. " + ",".join(["local-task"] * n)
                                                                    if n > 1 else ""))
     return uris
+
+
+def _parallelism(manifest: Manifest) -> str:
+    devices = manifest.target.extra.get("devices")
+    return devices.get("parallelism", "tensor") if isinstance(devices, dict) else "tensor"
 
 
 def open_devices(manifest: Manifest, uris: list[str]) -> list:
