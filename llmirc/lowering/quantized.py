@@ -129,6 +129,8 @@ def quantized_matmul(e: Emitter, op: LOp) -> list[TV]:
             y = _w4a16_integer(e, x2, amax, qt, st, g)
             return [_from_2d(e, y, op.result_dims(0, x.dims[:-1] + (n,))[:-1])]
         x2 = _int16_grid(e, x2, amax)
+    if _dequantize_first(e, op, m):
+        return [_from_2d(e, _dequantized_matmul(e, x2, qt, st, zt, g, q.dtype), op.result_dims(0, x.dims[:-1] + (n,))[:-1])]
     x3 = _group_split(e, x2, g)  # [M, G, g]
     q3 = e.expand(qt, [[0, 1], [2]], (groups, g, n)) if groups > 1 else qt  # [G, g, N]
 
@@ -180,6 +182,36 @@ def quantized_matmul(e: Emitter, op: LOp) -> list[TV]:
 
     y = e.generic(3, ins, [(e.filled((m, n), ft, 0.0), ["d0", "d1"])], stage2, reductions=(2,))[0]
     return [_from_2d(e, y, op.result_dims(0, x.dims[:-1] + (n,))[:-1])]
+
+
+def _dequantize_first(e: Emitter, op: LOp, m) -> bool:
+    """Prefill and extend on llvm-cpu: many rows make the matmul compute-bound, where the
+    weight-only kernel's widening inside the contraction costs more than writing one f32 copy
+    of the weight per call and running the data-tiled f32 matmul on it."""
+    return (op.options.get("backend") == "llvm-cpu" and e.function.startswith(("prefill", "extend"))
+            and not (isinstance(m, int) and m <= W4A16_INTEGER_ROWS))
+
+
+def _dequantized_matmul(e: Emitter, x2: TV, qt: TV, st: TV, zt: TV | None, g: int, qdtype: str) -> TV:
+    """y = x2 @ W with W[k, n] = (q[k, n] - z[k / g, n]) * s[k / g, n] written out in f32 first."""
+    ft = x2.dtype
+    k, n = qt.dims
+    groups = k // g
+    cast = "arith.uitofp" if (qdtype == "i4" and zt is not None) else "arith.sitofp"
+
+    def body(a):  # a: q, s, (z), out; loops d0 = group, d1 = i, d2 = n
+        v = e.v(f"{cast} {a[0]} : {qdtype} to {ft}")
+        if zt is not None:
+            zc = "arith.uitofp" if zt.dtype == "i4" else "arith.sitofp"
+            v = e.v(f"arith.subf {v}, {e.v(f'{zc} {a[2]} : {zt.dtype} to {ft}')} : {ft}")
+        return [e.v(f"arith.mulf {v}, {a[1]} : {ft}")]
+
+    q3 = e.expand(qt, [[0, 1], [2]], (groups, g, n))
+    ins = [(q3, ["d0", "d1", "d2"]), (st, ["d0", "d2"])] + ([(zt, ["d0", "d2"])] if zt is not None else [])
+    w = e.collapse(e.generic(3, ins, [(e.empty((groups, g, n), ft), ["d0", "d1", "d2"])], body)[0], [[0, 1], [2]])
+    acc = e.filled((x2.dims[0], n), ft, 0.0)
+    return TV(e.v(f"linalg.matmul ins({x2.name}, {w.name} : {x2.type}, {w.type}) "
+                  f"outs({acc.name} : {acc.type}) -> {acc.type}", "mm"), (x2.dims[0], n), ft)
 
 
 def _row_abs_max(e: Emitter, m, ft: str, ins: list, value=lambda a: a[0]) -> TV:
