@@ -514,6 +514,8 @@ def main() -> None:
     machine = roofline.measure(threads=THREADS)
     print(machine.describe(), flush=True)
     results = []
+    if args.workdir:
+        args.workdir.mkdir(parents=True, exist_ok=True)
     for size in sizes:
         with tempfile.TemporaryDirectory(dir=args.workdir, prefix=f"llamacpp-{size}-") as tmp:
             results.append(run_size(size, lc, args, Path(tmp)))
