@@ -197,13 +197,9 @@ def load(artifact_dir: str | Path, num_pages: int | None = None, device: str | N
 
     `ray`: run a pipeline-parallel artifact's stages as Ray actors (True: the RAY_ADDRESS
     cluster or a new local one; a string: that cluster's address; docs/parallel.md)."""
-    if ray:
-        from .runtime.ray_stages import RayPipelineEngine
+    from .runtime.engine import open_engine
 
-        engine = RayPipelineEngine(artifact_dir, num_pages=num_pages, device=device,
-                                   address=None if ray is True else ray)
-    else:
-        engine = Engine(artifact_dir, num_pages=num_pages, device=device)
+    engine = open_engine(artifact_dir, num_pages=num_pages, device=device, ray=ray)
     root = Path(artifact_dir)
     return Model(engine, load_tokenizer(root),
                  add_bos=should_add_bos(engine.manifest, _read_json(root / TOKENIZER_CONFIG_FILE)))

@@ -211,12 +211,14 @@ def _artifact_dir(path: Path) -> Path:
               "for the batch at max length).")
 @click.option("--device", help="Runtime driver or device URI (default: the manifest's driver), e.g. cuda://1; a tensor-"
               "parallel artifact takes one per device, comma-separated (cuda://0,cuda://1).")
+@click.option("--ray", is_flag=True, help="Run a pipeline-parallel artifact's stages as Ray actors (the cluster in "
+              "RAY_ADDRESS, else a new local one; needs the multihost extra; docs/parallel.md).")
 @click.option("--echo/--no-echo", default=True, show_default=True, help="Print a text prompt before its continuation.")
 @click.option("--json", "as_json", is_flag=True, help="Print results as JSON.")
 @click.option("-q", "--quiet", is_flag=True, help="No summary line (token counts, TTFT, tok/s) on stderr.")
 def run(artifact: Path, prompts: tuple[str, ...], prompt_ids: tuple[str, ...], max_tokens: int,
         temperature: float, top_k: int, top_p: float, repetition_penalty: float, stop: tuple[str, ...], seed: int,
-        num_pages: int | None, device: str | None, echo: bool, as_json: bool, quiet: bool) -> None:
+        num_pages: int | None, device: str | None, ray: bool, echo: bool, as_json: bool, quiet: bool) -> None:
     """Generate text with a compiled artifact (directory or its model.vmfb).
 
     Ends with a summary on stderr: prompt and generated tokens, time to first token, tokens/s.
@@ -230,7 +232,7 @@ def run(artifact: Path, prompts: tuple[str, ...], prompt_ids: tuple[str, ...], m
         id_prompts = [[int(t) for t in p.split(",") if t.strip()] for p in prompt_ids]
     except ValueError:
         raise LlmircError("--prompt-ids takes comma-separated integers, e.g. 1,2,3") from None
-    model = load(_artifact_dir(artifact), num_pages=num_pages, device=device)
+    model = load(_artifact_dir(artifact), num_pages=num_pages, device=device, ray=ray)
     batch: list = list(prompts) + id_prompts
     kwargs = dict(max_tokens=max_tokens, temperature=temperature, top_k=top_k, top_p=top_p, seed=seed,
                   repetition_penalty=repetition_penalty, stop=stop)
@@ -370,6 +372,8 @@ def inspect(artifact: Path, as_json: bool) -> None:
               "full-length sequences, at most 1 GiB).")
 @click.option("--device", help="Runtime driver or device URI (default: the manifest's driver), e.g. cuda://1; a tensor-"
               "parallel artifact takes one per device, comma-separated (cuda://0,cuda://1).")
+@click.option("--ray", is_flag=True, help="Run a pipeline-parallel artifact's stages as Ray actors (the cluster in "
+              "RAY_ADDRESS, else a new local one; needs the multihost extra; docs/parallel.md).")
 @click.option("--max-request-bytes", type=click.IntRange(1), help="Largest request body accepted (default 4 MiB).")
 @click.option("--uvicorn-log-level", "log_level", type=click.Choice(["critical", "error", "warning", "info", "debug",
               "trace"]), default="info",
@@ -377,7 +381,7 @@ def inspect(artifact: Path, as_json: bool) -> None:
 def serve(artifact: Path, host: str, port: int, api_key: str | None, served_model_name: tuple[str, ...],
           chat_template: Path | None, max_model_len: int | None, max_num_seqs: int | None,
           max_num_batched_tokens: int | None, enable_prefix_caching: bool, num_pages: int | None,
-          device: str | None, max_request_bytes: int | None, log_level: str) -> None:
+          device: str | None, ray: bool, max_request_bytes: int | None, log_level: str) -> None:
     """Serve an artifact over HTTP with OpenAI's API (/v1/completions, /v1/chat/completions).
 
     Also GET /v1/models, /health, /metrics (Prometheus) and POST /tokenize. Needs the serve
@@ -388,7 +392,7 @@ def serve(artifact: Path, host: str, port: int, api_key: str | None, served_mode
     require_serve_extra()
     run_server(ServeOptions(_artifact_dir(artifact), host=host, port=port, api_key=api_key,
                             served_model_name=served_model_name, chat_template=chat_template,
-                            max_model_len=max_model_len, num_pages=num_pages, device=device,
+                            max_model_len=max_model_len, num_pages=num_pages, device=device, ray=ray,
                             max_num_seqs=max_num_seqs, max_num_batched_tokens=max_num_batched_tokens,
                             enable_prefix_caching=enable_prefix_caching, max_body_bytes=max_request_bytes,
                             log_level=log_level),

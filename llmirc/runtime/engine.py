@@ -298,6 +298,17 @@ class Engine:
         return rt.FunctionInvoker(self._context, self.device, fn)
 
 
+def open_engine(artifact_dir: str | Path, num_pages: int | None = None, device: str | None = None,
+                ray: bool | str = False) -> Engine:
+    """The Engine of an artifact; `ray` runs a pipeline-parallel artifact's stages as Ray actors
+    (True: the RAY_ADDRESS cluster, else a new local one; a string: that cluster's address)."""
+    if not ray:
+        return Engine(artifact_dir, num_pages=num_pages, device=device)
+    from .ray_stages import RayPipelineEngine
+
+    return RayPipelineEngine(artifact_dir, num_pages=num_pages, device=device, address=None if ray is True else ray)
+
+
 def _pad_decode_rows(tokens: np.ndarray, positions: np.ndarray, b: int) -> tuple[np.ndarray, np.ndarray]:
     """Tokens and positions padded to `b` rows; padding rows sit at position -1 (no write, no read)."""
     tok = np.zeros(b, np.int64)

@@ -153,12 +153,12 @@ class LLMEngine:
 
     @classmethod
     def from_artifact(cls, artifact_dir: str | Path, num_pages: int | None = None, device: str | None = None,
-                      **scheduler_kwargs) -> LLMEngine:
-        """Load an artifact (its Engine, tokenizer and eos ids); `scheduler_kwargs` are
-        SchedulerConfig fields."""
-        from .engine import Engine
+                      ray: bool | str = False, **scheduler_kwargs) -> LLMEngine:
+        """Load an artifact (its Engine, tokenizer and eos ids); `ray`: engine.open_engine's;
+        `scheduler_kwargs` are SchedulerConfig fields."""
+        from .engine import open_engine
 
-        executor = Engine(artifact_dir, num_pages=num_pages, device=device)
+        executor = open_engine(artifact_dir, num_pages=num_pages, device=device, ray=ray)
         config = SchedulerConfig(**scheduler_kwargs)
         return cls(executor, config, load_tokenizer(Path(artifact_dir)),
                    tuple(executor.manifest.model.eos_token_id or ()))

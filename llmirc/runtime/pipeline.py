@@ -135,7 +135,7 @@ class PipelineEngine(Engine):
         self.manifest = read_manifest(self.artifact_dir, verify_checksums=verify_checksums)
         self.stages = pipeline_stages(self.manifest)
         if self.stages is None:
-            raise ArtifactError(f"{self.artifact_dir} is not a pipeline-parallel artifact")
+            raise ArtifactError(f"{self.artifact_dir} is not a pipeline-parallel artifact (compile one with --pp N)")
         if micro_batches < 1:
             raise LlmircError(f"micro_batches must be at least 1, got {micro_batches}")
         self.micro_batches = micro_batches

@@ -31,6 +31,7 @@ class ServeOptions:
     max_model_len: int | None = None
     num_pages: int | None = None
     device: str | None = None
+    ray: bool = False  # a pipeline artifact's stages as Ray actors (runtime/ray_stages.py)
     max_num_seqs: int | None = None
     max_num_batched_tokens: int | None = None
     enable_prefix_caching: bool = True
@@ -66,7 +67,7 @@ def load_engine(opts: ServeOptions):
         from llmirc.runtime.llm_engine import LLMEngine
     except ImportError as e:
         raise LlmircError(f"this llmirc has no step engine (llmirc.runtime.llm_engine: {e})") from None
-    return LLMEngine.from_artifact(opts.artifact, num_pages=opts.num_pages, device=opts.device,
+    return LLMEngine.from_artifact(opts.artifact, num_pages=opts.num_pages, device=opts.device, ray=opts.ray,
                                    **opts.scheduler_kwargs())
 
 

@@ -166,6 +166,11 @@ def test_run_and_device_list(pp2, tp_artifacts):
                      "compiled for 2 devices (pipeline parallelism)", "names 1")
 
 
+def test_ray_needs_a_pipeline_artifact(tp_artifacts):
+    assert_one_error(run_cli("run", tp_artifacts(1), "--prompt-ids", "1,5", "--ray"),
+                     "is not a pipeline-parallel artifact (compile one with --pp N)")
+
+
 def test_a_missing_stage_module_is_one_error(pp2, tmp_path):
     import shutil
 
@@ -221,6 +226,10 @@ def test_stages_as_ray_actors(pp2, reference):
         np.testing.assert_allclose(np.concatenate([engine.read_pool(i) for i in range(2)], axis=1), reference[1],
                                    atol=1e-5, rtol=0)
         engine.shutdown()
+        args = ("--prompt-ids", "1,5,9", "--max-tokens", "6", "--json")
+        runs = [run_cli("run", pp2, *args, "--ray"), run_cli("run", pp2, *args)]  # the CLI on the same cluster
+        assert all(r.exit_code == 0 for r in runs), "".join(r.output for r in runs)
+        assert json.loads(runs[0].stdout)[0]["token_ids"] == json.loads(runs[1].stdout)[0]["token_ids"]
     finally:
         ray.shutdown()
 
