@@ -71,8 +71,6 @@ class Engine:
 
     def __init__(self, artifact_dir: str | Path, num_pages: int | None = None, device: str | None = None,
                  verify_checksums: bool = True, probe: bool = True) -> None:
-        import iree.runtime as rt
-
         self.artifact_dir = Path(artifact_dir)
         self.manifest: Manifest = read_manifest(self.artifact_dir, verify_checksums=verify_checksums)
         m, kv = self.manifest.model, self.manifest.kv
@@ -94,32 +92,7 @@ class Engine:
         self.num_pages: int = num_pages if num_pages is not None else default_num_pages(self.manifest)
         if self.num_pages < 2:
             raise LlmircError(f"--num-pages must be at least 2 (page 0 is the scratch page), got {self.num_pages}")
-        self.device_uris: list[str] = device_uris(self.manifest, device)
-        self.device_uri: str = ",".join(self.device_uris)
-        self.devices = open_devices(self.manifest, self.device_uris)
-        self.device = self.devices[0]  # the invoker's device: arguments and logits live there
-        if probe and verify_checksums:
-            from .probe import ensure_module_runs
-
-            ensure_module_runs(self.artifact_dir, self.manifest.files[VMFB_NAME], self.device_uri,
-                               self.artifact_dir / VMFB_NAME)
-        self._staging = self.device_uri.startswith("vulkan")  # device -> host copies: see to_host
-
-        self._instance = rt.VmInstance()
-        self._params = params = load_params(self.artifact_dir / PARAMS_NAME)  # keeps the weights' mapping alive
-        self._main = _load_module(self._instance, self.artifact_dir / VMFB_NAME)
-        try:
-            hal = rt.create_hal_module(self._instance, self.device) if len(self.devices) == 1 else \
-                rt.create_hal_module(self._instance, devices=self.devices)
-            self._context = rt.VmContext(self._instance, modules=[
-                hal,
-                rt.create_io_parameters_module(self._instance, params.create_provider(scope=SCOPE)),
-                self._main,
-            ])
-        except (RuntimeError, ValueError) as e:
-            raise RuntimeDeviceError(
-                f"{self.artifact_dir / VMFB_NAME} could not be initialised on device {self.device_uri!r} "
-                f"(compiled for target {self.manifest.target.name!r}): {_first_line(e)}") from None
+        self._open(device, probe and verify_checksums)
         eps = self.manifest.entry_points
         # ABI v2 (docs/abi.md): `extend` computes new tokens after a cached prefix (chunked
         # prefill, prefix-cache hits, re-prefill after preemption); v1 artifacts lack it.
@@ -139,10 +112,52 @@ class Engine:
             self._decode_fns = {b: self._function(f"decode_b{b}") for b in self.buckets.batch}
             self._extend_fns = {(b, t): self._function(f"extend_b{b}_t{t}") for b in self.buckets.batch
                                 for t in self.buckets.prefill_len} if self.supports_extend else {}
-        # One pool per device (tensor parallelism), each holding that device's KV heads.
+        # All layers; one pool per device (tensor parallelism), each holding that device's KV heads.
         self.pool_shape = (self.num_pages, m.num_layers, 2, kv.page_size, pool_kv_heads(self.manifest), m.head_dim)
-        self.pools = [device_zeros(d, self.pool_shape, kv_numpy_dtype(kv.dtype)) for d in self.devices]
-        self.pool = self.pools[0]
+        self.pools = self._new_pools()
+        self.pool = self.pools[0] if self.pools else None
+
+    def _open(self, device: str | None, probe: bool) -> None:
+        """Open the devices (probing the module first when `probe`), the weights and the modules."""
+        import iree.runtime as rt
+
+        self.device_uris: list[str] = device_uris(self.manifest, device)
+        self.device_uri: str = ",".join(self.device_uris)
+        self.devices = open_devices(self.manifest, self.device_uris)
+        self.device = self.devices[0]  # the invoker's device: arguments and logits live there
+        if probe:
+            from .probe import ensure_module_runs
+
+            ensure_module_runs(self.artifact_dir, self.manifest.files[VMFB_NAME], self.device_uri,
+                               self.artifact_dir / VMFB_NAME)
+        self._staging = self.device_uri.startswith("vulkan")  # device -> host copies: see to_host
+        self._instance = rt.VmInstance()
+        self._params = load_params(self.artifact_dir / PARAMS_NAME)  # keeps the weights' mapping alive
+        self._open_modules()
+
+    def _open_modules(self) -> None:
+        """The one module in its context over every device."""
+        import iree.runtime as rt
+
+        params = self._params
+        self._main = _load_module(self._instance, self.artifact_dir / VMFB_NAME)
+        try:
+            hal = rt.create_hal_module(self._instance, self.device) if len(self.devices) == 1 else \
+                rt.create_hal_module(self._instance, devices=self.devices)
+            self._context = rt.VmContext(self._instance, modules=[
+                hal,
+                rt.create_io_parameters_module(self._instance, params.create_provider(scope=SCOPE)),
+                self._main,
+            ])
+        except (RuntimeError, ValueError) as e:
+            raise RuntimeDeviceError(
+                f"{self.artifact_dir / VMFB_NAME} could not be initialised on device {self.device_uri!r} "
+                f"(compiled for target {self.manifest.target.name!r}): {_first_line(e)}") from None
+
+    def _new_pools(self) -> list:
+        """One zeroed pool of pool_shape per device."""
+        dtype = kv_numpy_dtype(self.manifest.kv.dtype)
+        return [device_zeros(d, self.pool_shape, dtype) for d in self.devices]
 
     def prefill(self, tokens: np.ndarray, seq_lens: np.ndarray, block_tables: np.ndarray) -> np.ndarray:
         """Write K/V of tokens[b, :seq_lens[b]] and return f32[B, V] logits of each last token."""

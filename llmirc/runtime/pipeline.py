@@ -13,7 +13,8 @@ stage 1 runs micro-batch k; the outputs are put back in row order. Rows are inde
 writes only its own pages), so the result equals the one-batch call.
 
 The Engine's checks, static-batch padding and the scheduler above it are unchanged: this
-class replaces only how an entry point is looked up (_function) and called (_call). Stages on
+class replaces only what is opened (_open_modules: the stages), the pools, and how an entry
+point is looked up (_function) and called (_call). Stages on
 other hosts, as Ray actors, are runtime/ray_stages.py.
 """
 
@@ -21,17 +22,15 @@ from __future__ import annotations
 
 import queue
 import threading
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from llmirc.artifacts.manifest import PARAMS_NAME, Manifest, read_manifest
-from llmirc.artifacts.params import SCOPE, load_params
+from llmirc.artifacts.manifest import Manifest
+from llmirc.artifacts.params import SCOPE
 from llmirc.errors import ArtifactError, LlmircError, RuntimeDeviceError
 
-from .engine import (Engine, _first_line, _load_module, default_num_pages, device_uris, device_zeros,
-                     kv_numpy_dtype, open_devices, pool_kv_heads, to_host)
+from .engine import Engine, _first_line, _load_module, device_zeros, kv_numpy_dtype, pool_kv_heads, to_host
 
 
 def pipeline_stages(manifest: Manifest) -> list[dict] | None:
@@ -113,99 +112,66 @@ class Stage:
         return to_host(self.device, self.pool)
 
 
-@dataclass(frozen=True)
-class StageFunction:
-    """One entry point of every stage; `batch` is set for a static-batch decode_b{B}."""
-    name: str
-    batch: int | None = None
-
-
 class PipelineEngine(Engine):
     """Engine over the stages of a pipeline-parallel artifact (same interface as Engine).
 
     `device`: one URI per stage, comma-separated (default: N local-task devices on CPU,
     driver://0 .. driver://N-1 on GPUs). `micro_batches`: how many micro-batches a call's rows
     are split into and pipelined over the stages (1: the stages run one after the other on the
-    whole batch).
+    whole batch). Engine.__init__ does everything but what the hooks below change: a Stage per
+    stage instead of one module, their pools, and the calls.
     """
 
     def __init__(self, artifact_dir: str | Path, num_pages: int | None = None, device: str | None = None,
                  verify_checksums: bool = True, probe: bool = True, micro_batches: int = 1) -> None:
-        self.artifact_dir = Path(artifact_dir)
-        self.manifest = read_manifest(self.artifact_dir, verify_checksums=verify_checksums)
-        self.stages = pipeline_stages(self.manifest)
-        if self.stages is None:
-            raise ArtifactError(f"{self.artifact_dir} is not a pipeline-parallel artifact (compile one with --pp N)")
         if micro_batches < 1:
             raise LlmircError(f"micro_batches must be at least 1, got {micro_batches}")
         self.micro_batches = micro_batches
-        m, kv = self.manifest.model, self.manifest.kv
-        self.page_size, self.max_seq_len, self.vocab_size = kv.page_size, m.max_seq_len, m.vocab_size
-        self.buckets = None  # static-shape targets are refused with --pp
-        self.max_prefill_len = m.max_seq_len
-        self._index_dtype = np.dtype(np.int32 if self.manifest.target.extra.get("index_dtype") == "i32"
-                                     else np.int64)
-        self.num_pages = num_pages if num_pages is not None else default_num_pages(self.manifest)
-        if self.num_pages < 2:
-            raise LlmircError(f"--num-pages must be at least 2 (page 0 is the scratch page), got {self.num_pages}")
-        self.pool_shape = (self.num_pages, m.num_layers, 2, kv.page_size, pool_kv_heads(self.manifest),
-                           m.head_dim)  # all stages together
-        self._staging = False
-        self._open_stages(device, probe and verify_checksums)
-        eps = self.manifest.entry_points
-        self.supports_extend = "extend" in eps
-        self.supports_all_logits = "extend_all" in eps
-        self._prefill = self._function("prefill")
-        self._decode = self._function("decode")
-        self._extend = self._function("extend") if self.supports_extend else None
-        self._extend_all = self._function("extend_all") if self.supports_all_logits else None
-        self._decode_by_batch = {int(b): self._function(name, batch=int(b)) for b, name in
-                                 eps["decode"].get("batch_functions", {}).items()}
+        super().__init__(artifact_dir, num_pages, device, verify_checksums, probe)
+        # decode_b{B} takes its static batch whole: never split into micro-batches
+        self._static_batch = set(self.manifest.entry_points["decode"].get("batch_functions", {}).values())
 
-    def _open_stages(self, device: str | None, probe: bool) -> None:
-        """Every stage in this process, each on its own device."""
-        import iree.runtime as rt
+    def _open(self, device: str | None, probe: bool) -> None:
+        self.stages = self._checked_stages()
+        super()._open(device, probe)
 
-        self.device_uris = device_uris(self.manifest, device)
-        self.device_uri = ",".join(self.device_uris)
-        self.devices = open_devices(self.manifest, self.device_uris)
-        self.device = self.devices[0]
-        if probe:
-            from .probe import ensure_module_runs
+    def _checked_stages(self) -> list[dict]:
+        stages = pipeline_stages(self.manifest)
+        if stages is None:
+            raise ArtifactError(f"{self.artifact_dir} is not a pipeline-parallel artifact (compile one with --pp N)")
+        return stages
 
-            vmfb = self.stages[0]["vmfb"]
-            ensure_module_runs(self.artifact_dir, self.manifest.files[vmfb], self.device_uri,
-                               self.artifact_dir / vmfb)
-        self._instance = rt.VmInstance()
-        self._params = params = load_params(self.artifact_dir / PARAMS_NAME)  # keeps the weights' mapping alive
-        self._stage_runners = [Stage(self.artifact_dir, self.manifest, i, dev, params, self._instance,
+    def _open_modules(self) -> None:
+        """One Stage (module, context, pool) per stage on its own device."""
+        self._stage_runners = [Stage(self.artifact_dir, self.manifest, i, dev, self._params, self._instance,
                                      self.num_pages) for i, dev in enumerate(self.devices)]
-        self.pools = [s.pool for s in self._stage_runners]
-        self.pool = self.pools[0]
 
-    def _function(self, name: str, batch: int | None = None) -> StageFunction:
+    def _new_pools(self) -> list:
+        return [s.pool for s in self._stage_runners]
+
+    def _function(self, name: str) -> str:
         for s in self._stage_runners:
             s.check(name)
-        return StageFunction(name, batch)
+        return name
 
-    def _call(self, fn: StageFunction, *args: np.ndarray) -> np.ndarray:
+    def _call(self, name: str, *args: np.ndarray) -> np.ndarray:
         args = tuple(a.astype(self._index_dtype, copy=False) for a in args)
-        m = 1 if fn.batch is not None else min(self.micro_batches, len(args[0]))  # decode_b{B} takes its batch whole
+        m = 1 if name in self._static_batch else min(self.micro_batches, len(args[0]))
         bounds = np.linspace(0, len(args[0]), m + 1).astype(int)
         chunks = [tuple(a[lo:hi] for a in args) for lo, hi in zip(bounds[:-1], bounds[1:])]
         try:
-            return np.concatenate(self._run_chunks(fn, chunks))
+            return np.concatenate(self._run_chunks(name, chunks))
         except (RuntimeError, ValueError) as e:
-            raise RuntimeDeviceError(f"running {self.artifact_dir} (pipeline stage of '{fn.name}') on "
+            raise RuntimeDeviceError(f"running {self.artifact_dir} (pipeline stage of '{name}') on "
                                      f"{self.device_uri!r} failed: {_first_line(e)}") from None
 
-    def _run_chunks(self, fn: StageFunction, chunks: list[tuple]) -> list[np.ndarray]:
+    def _run_chunks(self, name: str, chunks: list[tuple]) -> list[np.ndarray]:
         """Each chunk through every stage in order; several chunks pipelined, one thread per stage."""
         stages = self._stage_runners
         if len(chunks) == 1:
             h = None
             for s in stages:
-                h = s.run(fn.name, chunks[0], h)
+                h = s.run(name, chunks[0], h)
             return [h]
         n = len(stages)
         queues: list[queue.Queue] = [queue.Queue() for _ in range(n + 1)]
@@ -219,7 +185,7 @@ class PipelineEngine(Engine):
                 k, chunk, h = item
                 if not errors:
                     try:
-                        h = stages[i].run(fn.name, chunk, h)
+                        h = stages[i].run(name, chunk, h)
                     except BaseException as e:  # handed to the caller's thread
                         errors.append(e)
                 queues[i + 1].put((k, chunk, h))

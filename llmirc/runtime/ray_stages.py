@@ -22,7 +22,7 @@ import numpy as np
 from llmirc.errors import LlmircError, RuntimeDeviceError
 
 from .engine import _first_line
-from .pipeline import PipelineEngine, Stage, StageFunction
+from .pipeline import PipelineEngine, Stage
 
 
 class StageWorker:
@@ -64,7 +64,9 @@ class RayPipelineEngine(PipelineEngine):
         self._address, self._verify = address, verify_checksums
         super().__init__(artifact_dir, num_pages, device, verify_checksums, probe=False, micro_batches=micro_batches)
 
-    def _open_stages(self, device: str | None, probe: bool) -> None:
+    def _open(self, device: str | None, probe: bool) -> None:
+        """One actor per stage (no probe: an actor's crash is an error here, not a crash)."""
+        self.stages = self._checked_stages()
         try:
             import ray
         except ImportError:
@@ -82,8 +84,8 @@ class RayPipelineEngine(PipelineEngine):
         resources = {"num_cpus": 1} if target.device == "local" else {"num_cpus": 0, "num_gpus": 1}
         actor = ray.remote(**resources)(StageWorker)
         self.device_uris, self.device_uri = uris, ",".join(uris)
-        self.devices = self.pools = []  # on the actors; read_pool(i) copies one here
-        self.device = self.pool = None
+        self.devices, self.device = [], None  # on the actors, with the pools; read_pool(i) copies one here
+        self._staging = False
         self._actors = [actor.remote(str(self.artifact_dir.resolve()), i, uri, self.num_pages, self._verify)
                         for i, uri in enumerate(uris)]
         self._ray = ray
@@ -98,16 +100,19 @@ class RayPipelineEngine(PipelineEngine):
                 raise cause from None
             raise RuntimeDeviceError(f"a Ray stage of {self.artifact_dir} failed: {_first_line(cause)}") from None
 
-    def _function(self, name: str, batch: int | None = None) -> StageFunction:
-        self._get([a.check.remote(name) for a in self._actors])
-        return StageFunction(name, batch)
+    def _new_pools(self) -> list:
+        return []
 
-    def _run_chunks(self, fn: StageFunction, chunks: list[tuple]) -> list[np.ndarray]:
+    def _function(self, name: str) -> str:
+        self._get([a.check.remote(name) for a in self._actors])
+        return name
+
+    def _run_chunks(self, name: str, chunks: list[tuple]) -> list[np.ndarray]:
         outs = []
         for chunk in chunks:  # all submitted before any is waited on: the actors pipeline them
             h = None
             for a in self._actors:
-                h = a.run.remote(fn.name, chunk, h)
+                h = a.run.remote(name, chunk, h)
             outs.append(h)
         return self._get(outs)
 
