@@ -267,9 +267,11 @@ def compile_checkpoint(opts: CompileOptions, progress: Progress | None = _stderr
     t = stage(f"lower to IREE input (attention: {target.attention})")
     # weight-only quantized kernels are faster with a dynamic batch; w8a8's and w4a16's integer products with a static one
     decode_batches = target.decode_batches(opts.opt_level, quantized=quant is not None and not quant.act_bits)
+    prefill_rows = target.prefill_rows(opts.opt_level)
     iree_input = target.module_text(lower_to_iree(model.module, attention=target.attention, buckets=buckets,
                                                   tile=target.systolic_tile, backend=_backend(target),
-                                                  decode_batches=decode_batches), num_devices=opts.tp)
+                                                  decode_batches=decode_batches, prefill_rows=prefill_rows),
+                                    num_devices=opts.tp)
     result.stage_seconds["lower"] = time.perf_counter() - t
     if opts.emit == "iree-input":
         write_atomic(opts.output, iree_input)
@@ -277,6 +279,7 @@ def compile_checkpoint(opts: CompileOptions, progress: Progress | None = _stderr
 
     from .artifacts import write_bundle
     from .lowering import compile_iree, stored_transposed
+    from .lowering.to_iree import row_chunk_functions
 
     t = stage(f"iree-compile for {target.full_name}")
     with _ticking(current[0], tick if progress else None):
@@ -290,7 +293,9 @@ def compile_checkpoint(opts: CompileOptions, progress: Progress | None = _stderr
                                                     stored_transposed(model.module)),
         tokenizer_files=model.tokenizer_files(),
         model=model.config.summary(), target=_target_record(target, opts.opt_level, buckets, opts.tp),
-        entry_points=_entry_points(target, buckets, decode_batches, opts.tp),
+        entry_points=_entry_points(target, buckets, decode_batches, opts.tp,
+                                   {name: {str(prefill_rows): export} for name, export in
+                                    row_chunk_functions(model.module, None if buckets else prefill_rows).items()}),
         opt_level=opts.opt_level, kv=_kv_record(page_size, model.config.num_kv_heads, opts.tp),
         compiler={"llmirc": __version__, "iree": _iree_version(),
                   "weights": _weights_record(dtype, opts.dtype, quant, weight_types(model.module))},
@@ -492,11 +497,12 @@ def _bucket_spec(t: TargetProfile, spec: str | None):
 
 
 def _entry_points(t: TargetProfile, buckets: dict | None, decode_batches: tuple[int, ...] = (),
-                  tp: int = 1) -> dict | None:
-    """Manifest entry_points: the ABI v1 signatures, with the index type, the static functions
-    and the static-batch decode functions (`decode.batch_functions`, batch -> name); with
-    tp > 1 the one pool argument and result are tp of them (`pool@i`: device i's)."""
-    if t.index_dtype == "i64" and not buckets and not decode_batches and tp == 1:
+                  tp: int = 1, row_functions: dict[str, dict[str, str]] | None = None) -> dict | None:
+    """Manifest entry_points: the ABI v1 signatures, with the index type, the static functions,
+    the static-batch decode functions (`decode.batch_functions`, batch -> name) and the
+    row-chunked prefill/extend (`row_functions`, least token rows -> name; row_chunk_functions);
+    with tp > 1 the one pool argument and result are tp of them (`pool@i`: device i's)."""
+    if t.index_dtype == "i64" and not buckets and not decode_batches and tp == 1 and not row_functions:
         return None
     from .artifacts.manifest import DEFAULT_ENTRY_POINTS
     from .lowering.to_iree import batch_decode_entry_points, static_entry_points
@@ -516,6 +522,8 @@ def _entry_points(t: TargetProfile, buckets: dict | None, decode_batches: tuple[
     if decode_batches:
         eps["decode"]["batch_functions"] = {str(dims["B"]): export
                                             for export, dims in batch_decode_entry_points(decode_batches)}
+    for name, by_rows in (row_functions or {}).items():
+        eps[name]["row_functions"] = by_rows
     return eps
 
 

@@ -172,7 +172,9 @@ def _parallel(m: Manifest) -> str:
 
 
 def _specialised(sig: dict) -> str:
-    """`; also decode_b1 (batch 1), ...` for -O3's static-batch functions (docs/abi.md)."""
-    fns = sig.get("batch_functions") or {}
-    return ("; also " + ", ".join(f"{f} (batch {b})" for b, f in sorted(fns.items(), key=lambda x: int(x[0])))
-            if fns else "")
+    """`; also decode_b1 (batch 1), ...` for -O3's static-batch functions and `; also
+    prefill_r64 (64+ token rows)` for its row-chunked ones (docs/abi.md)."""
+    by_batch = sorted((sig.get("batch_functions") or {}).items(), key=lambda x: int(x[0]))
+    by_rows = sorted((sig.get("row_functions") or {}).items(), key=lambda x: int(x[0]))
+    also = [f"{f} (batch {b})" for b, f in by_batch] + [f"{f} ({r}+ token rows)" for r, f in by_rows]
+    return "; also " + ", ".join(also) if also else ""

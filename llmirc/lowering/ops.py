@@ -199,12 +199,62 @@ def matmul_transpose_b(e: Emitter, x2: TV, w: TV) -> TV:
         from .systolic import padded_matmul_transpose_b
 
         return padded_matmul_transpose_b(e, x2, w)
+    if e.row_chunk and not isinstance(x2.dims[0], int) and w.dtype in NARROW_FLOATS and x2.dtype == "f32":
+        return in_row_chunks(e, x2, w.dims[0], e.row_chunk, lambda xc: matmul_transpose_b(e, xc, w))
     m, n = x2.dims[0], w.dims[0]
     acc = e.filled((m, n), x2.dtype, 0.0)
     maps = ", ".join(affine_map(3, ex) for ex in (["d0", "d2"], ["d1", "d2"], ["d0", "d1"]))
     name = e.v(f"linalg.matmul indexing_maps = [{maps}] ins({x2.name}, {w.name} : {x2.type}, {w.type}) "
                f"outs({acc.name} : {acc.type}) -> {acc.type}", "mm")
     return TV(name, acc.dims, acc.dtype)
+
+
+NARROW_FLOATS = ("f16", "bf16")  # weights whose dynamic-row products in_row_chunks cuts
+
+
+def in_row_chunks(e: Emitter, x2: TV, n: int, rows: int, product: Callable[[TV], TV]) -> TV:
+    """y[M, n] = product(x2) for a dynamic M of at least `rows`: `rows` rows at a time with M
+    static in each product (an scf.for over the full chunks), then the M mod `rows` rows left
+    as one product with a dynamic M.
+
+    Why: with a dynamic M, IREE 3.13's CPU data tiling makes the weight the mmt4d LHS. For an
+    f16 weight that means converting each f16 element and broadcasting it through shuffles
+    (16 vpermps/vshuf* per 16 FMAs in the inner loop); with M static the f16 weight is the RHS
+    vector operand, one vcvtph2ps per 16 FMAs, and a 128-row f32 x f16 product of one
+    2048 x 5632 linear runs 1.5-1.7x faster (benchmarks/matmul_kernels.py --weights f16
+    --prefill-rows 64). Both products read the one packed copy of the weight IREE makes at
+    load (it folds the two encodings' identical layouts into one global). Every row's numbers
+    are those of a single product.
+
+    M >= rows is the caller's promise (the runtime calls the `_r{rows}` functions only then):
+    a zero-trip scf.for in a prefill fails at run time in IREE 3.13 ("transient buffer has not
+    been committed"), and guarding it with an scf.if cost 10 % on short prompts (no fusion
+    across the region).
+    """
+    m, k = x2.dims
+    ft = x2.dtype
+    e.row_chunk, outer_chunk = None, e.row_chunk  # the products inside are not cut again
+    c0, c_rows = e.idx(0), e.idx(rows)
+    e.const(0.0, ft)  # the products' constants, defined here and so visible inside the loop
+    out = e.empty((m, n), ft)
+    full = e.v(f"arith.muli {e.v(f'arith.divui {m}, {c_rows} : index', 'd')}, {c_rows} : index", "d")
+    i, acc, chunked = e.fresh("i"), e.fresh("acc"), e.fresh("rows")
+    e.emit(f"{chunked} = scf.for {i} = {c0} to {full} step {c_rows} iter_args({acc} = {out.name}) -> ({out.type}) {{")
+    indent, e.indent = e.indent, e.indent + "  "
+    xc = e.v(f"tensor.extract_slice {x2.name}[{i}, 0] [{rows}, {k}] [1, 1] : {x2.type} to tensor<{rows}x{k}x{ft}>", "xc")
+    yc = product(TV(xc, (rows, k), ft))
+    done = e.v(f"tensor.insert_slice {yc.name} into {acc}[{i}, 0] [{rows}, {n}] [1, 1] : {yc.type} into {out.type}",
+               "ins")
+    e.emit(f"scf.yield {done} : {out.type}")
+    e.indent = indent
+    e.emit("}")
+    rest = e.v(f"arith.subi {m}, {full} : index", "d")
+    xr = e.v(f"tensor.extract_slice {x2.name}[{full}, 0] [{rest}, {k}] [1, 1] : {x2.type} to tensor<?x{k}x{ft}>", "xr")
+    yr = product(TV(xr, (rest, k), ft))
+    y = e.v(f"tensor.insert_slice {yr.name} into {chunked}[{full}, 0] [{rest}, {n}] [1, 1] : {yr.type} into "
+            f"{out.type}", "ins")
+    e.row_chunk = outer_chunk
+    return TV(y, (m, n), ft)
 
 
 def _add_bias(e: Emitter, y: TV, bias: TV) -> TV:

@@ -40,7 +40,7 @@ from .quantized import stored_transposed
 from .emitter import TV, Emitter, string_literal, symbol_ref, tensor_type
 from ..pipelines.shard_tp import ARG_DEVICES, EVERY, NUM_DEVICES, PLACEMENT
 from .kv import STRATEGIES
-from .ops import LOWERINGS, LOp, LoweringError
+from .ops import LOWERINGS, NARROW_FLOATS, LOp, LoweringError
 
 PARAMETER_SCOPE = "model"
 
@@ -52,7 +52,8 @@ _HINTS = {
 
 
 def lower_to_iree(module: ir.Module, *, attention: str = "decomposed", buckets: dict | None = None,
-                  tile: int | None = None, backend: str | None = None, decode_batches: tuple[int, ...] = ()) -> str:
+                  tile: int | None = None, backend: str | None = None, decode_batches: tuple[int, ...] = (),
+                  prefill_rows: int | None = None) -> str:
     """IREE input MLIR text for a paged llm module (see the module docstring for the ABI).
 
     attention: "decomposed" (Q.K^T batch matmul + linalg.softmax + P.V batch matmul; the
@@ -68,6 +69,10 @@ def lower_to_iree(module: ir.Module, *, attention: str = "decomposed", buckets: 
     with the batch static and everything else dynamic. A static M lets IREE pick narrow
     matmul tiles; with a dynamic batch, data tiling pads M to a full tile (8-16 rows) and
     batch-1 decode wastes that much compute (docs/performance.md).
+    prefill_rows: when the module has f16/bf16 linears, also export `prefill_r{R}` and
+    `extend_r{R}` (row_chunk_functions): the same functions with those linears computed R rows
+    at a time with the rows static (ops.in_row_chunks), for calls of at least R token rows
+    (B x T); IREE's CPU data tiling is 1.5-1.7x faster on f16 weights with a static M.
     A module with `llm.num_devices = N` (shard-tp) lowers to one module for the N devices
     `@__device_0..N-1` (see the module docstring); iree-compile must then get N target
     devices (TargetProfile.compile_flags(num_devices=N)).
@@ -76,7 +81,8 @@ def lower_to_iree(module: ir.Module, *, attention: str = "decomposed", buckets: 
     if attention not in STRATEGIES:
         raise LoweringError(f"unknown attention strategy {attention!r} (choose from {', '.join(STRATEGIES)})")
     return _ModuleLowering(module, {"attention": attention, "buckets": buckets, "tile": tile,
-                                    "backend": backend, "decode_batches": decode_batches}).run()
+                                    "backend": backend, "decode_batches": decode_batches,
+                                    "prefill_rows": prefill_rows}).run()
 
 
 def static_entry_points(buckets: dict) -> dict[str, list[tuple[str, dict[str, int]]]]:
@@ -92,6 +98,27 @@ def static_entry_points(buckets: dict) -> dict[str, list[tuple[str, dict[str, in
         "extend_all": [],
         "decode": [(f"decode_b{b}", {"B": b, "P": p, "N": n}) for b in buckets["batch"]],
     }
+
+
+def row_chunk_functions(module: ir.Module, rows: int | None) -> dict[str, str]:
+    """{function: exported name} of the row-chunked variants `lower_to_iree(prefill_rows=rows)`
+    adds: prefill and extend, when some linear of the one-device module has f16 or bf16
+    weights (no other linear is cut, so for them the variant would be the function again)."""
+    if not rows or num_devices(module) > 1:
+        return {}
+    narrow = False
+
+    def visit(op: ir.Operation) -> ir.WalkResult:
+        nonlocal narrow
+        op = op.operation if hasattr(op, "operation") else op
+        if op.name == "llm.linear" and from_mlir(op.operands[1].type).dtype in NARROW_FLOATS:
+            narrow = True
+            return ir.WalkResult.INTERRUPT
+        return ir.WalkResult.ADVANCE
+
+    module.operation.walk(visit)
+    fns = functions(module)
+    return {name: f"{name}_r{rows}" for name in ("prefill", "extend") if narrow and name in fns}
 
 
 def batch_decode_entry_points(decode_batches: tuple[int, ...]) -> list[tuple[str, dict[str, int]]]:
@@ -137,6 +164,9 @@ class _ModuleLowering:
             if "decode" in self.fns:
                 bodies += [self._function("decode", self.fns["decode"], export, dims)
                            for export, dims in batch_decode_entry_points(self.options.get("decode_batches", ()))]
+            rows = self.options.get("prefill_rows")
+            bodies += [self._function(name, self.fns[name], export, row_chunk=rows)
+                       for name, export in row_chunk_functions(self.module, rows).items()]
         lines = ["module {"]
         for key, (sym, t, device) in self.globals.items():
             name = key if isinstance(key, str) else key[0]
@@ -187,13 +217,15 @@ class _ModuleLowering:
     # ---- functions ----------------------------------------------------------------------
 
     def _function(self, fname: str, func: ir.Operation, export: str | None = None,
-                  static: dict[str, int] | None = None) -> list[str]:
+                  static: dict[str, int] | None = None, row_chunk: int | None = None) -> list[str]:
         """One func.func; `static` (bucket dims B, T, P, N) makes those argument dims static
-        (all of them for a static-shape bucket; only B for a decode_batches function)."""
+        (all of them for a static-shape bucket; only B for a decode_batches function);
+        `row_chunk` cuts its f16/bf16 linears' rows into static chunks (row_chunk_functions)."""
         self._loads, self._copies = {}, {}
         e = Emitter(self.counter)
         e.tile = self.options.get("tile")
         e.function = export or fname
+        e.row_chunk = row_chunk
         block = func.regions[0].blocks[0]
         env: dict[ir.Value, TV] = {}
         origin: dict[str, int] = {}  # pool value name -> index of the pool argument it updates

@@ -106,6 +106,10 @@ class Engine:
             # -O3 CPU artifacts: `decode` specialised to a static batch (faster matmuls there).
             self._decode_by_batch = {int(b): self._function(name) for b, name in
                                      self.manifest.entry_points["decode"].get("batch_functions", {}).items()}
+            # -O3 CPU artifacts with f16/bf16 linears: prefill/extend for calls of at least R
+            # token rows, with those linears' rows static (faster matmuls there).
+            self._prefill_by_rows = self._row_functions("prefill")
+            self._extend_by_rows = self._row_functions("extend") if self.supports_extend else {}
         else:
             self._prefill_fns = {(b, t): self._function(f"prefill_b{b}_t{t}")
                                  for b in self.buckets.batch for t in self.buckets.prefill_len}
@@ -173,7 +177,7 @@ class Engine:
         self._check_ids(tokens, block_tables)
         if self.buckets is not None:
             return self._prefill_static(tokens, seq_lens, block_tables)
-        return self._call(self._prefill, tokens, seq_lens, block_tables)
+        return self._call(_by_rows(self._prefill, self._prefill_by_rows, tokens.size), tokens, seq_lens, block_tables)
 
     def extend(self, tokens: np.ndarray, start_pos: np.ndarray, new_lens: np.ndarray, block_tables: np.ndarray,
                all_logits: bool = False) -> np.ndarray:
@@ -204,7 +208,8 @@ class Engine:
         self._check_ids(tokens, block_tables)
         if self.buckets is not None:
             return self._extend_static(tokens, start_pos, new_lens, block_tables)
-        return self._call(self._extend_all if all_logits else self._extend, tokens, start_pos, new_lens, block_tables)
+        fn = self._extend_all if all_logits else _by_rows(self._extend, self._extend_by_rows, tokens.size)
+        return self._call(fn, tokens, start_pos, new_lens, block_tables)
 
     def decode(self, tokens: np.ndarray, positions: np.ndarray, block_tables: np.ndarray) -> np.ndarray:
         """Write K/V of tokens[b] at positions[b] and return f32[B, V] next-token logits."""
@@ -303,6 +308,10 @@ class Engine:
             raise ValueError(f"block table entries must be pages 0..{self.num_pages - 1}, "
                              f"got {block_tables.min()}..{block_tables.max()}")
 
+    def _row_functions(self, name: str) -> dict:
+        """Least token rows -> invoker of `name`'s row-chunked variants (manifest row_functions)."""
+        return {int(r): self._function(f) for r, f in self.manifest.entry_points[name].get("row_functions", {}).items()}
+
     def _function(self, name: str):
         import iree.runtime as rt
 
@@ -322,6 +331,13 @@ def open_engine(artifact_dir: str | Path, num_pages: int | None = None, device: 
     from .ray_stages import RayPipelineEngine
 
     return RayPipelineEngine(artifact_dir, num_pages=num_pages, device=device, address=None if ray is True else ray)
+
+
+def _by_rows(plain, by_rows: dict, rows: int):
+    """The row-chunked variant for the most token rows not above `rows`, else `plain`: a
+    variant computes its chunks with the rows static and needs at least that many rows."""
+    fit = [r for r in by_rows if r <= rows]
+    return by_rows[max(fit)] if fit else plain
 
 
 def _pad_decode_rows(tokens: np.ndarray, positions: np.ndarray, b: int) -> tuple[np.ndarray, np.ndarray]:

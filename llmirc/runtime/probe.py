@@ -83,7 +83,8 @@ def ensure_module_runs(artifact_dir: Path, sha256: str, device_uri: str, vmfb: P
 
 def _probe(artifact_dir: str, device_uri: str) -> None:
     """The child: every entry point once (prefill, extend, extend_all, each decode), one
-    token per row (a bucket's length on static-shape targets), all pages the first one."""
+    token per row (a bucket's length on static-shape targets, R for a row-chunked `_r{R}`
+    function), all pages the first one."""
     from llmirc.artifacts.manifest import read_manifest
 
     from .engine import Engine
@@ -104,6 +105,12 @@ def _probe(artifact_dir: str, device_uri: str) -> None:
         if engine.supports_all_logits:
             call("extend_all", lambda *a: engine.extend(*a, all_logits=True), one((1, 1), np.int64),
                  np.zeros(1, np.int64), one(1, np.int64), one((1, 1), np.int64))
+        for rows in engine._prefill_by_rows:  # prefill_r{R}: R token rows in one row
+            call(f"prefill_r{rows}", engine.prefill, one((1, rows), np.int64), np.full(1, rows, np.int64),
+                 one((1, -(-rows // engine.page_size)), np.int64))
+        for rows in engine._extend_by_rows:
+            call(f"extend_r{rows}", engine.extend, one((1, rows), np.int64), np.zeros(1, np.int64),
+                 np.full(1, rows, np.int64), one((1, -(-rows // engine.page_size)), np.int64))
         specialised = sorted(engine._decode_by_batch)
         for b in specialised + [max(specialised, default=0) + 1]:  # decode_b{B}, then the dynamic decode
             name = f"decode_b{b}" if b in engine._decode_by_batch else "decode"

@@ -101,6 +101,9 @@ class TargetProfile:
     systolic_tile: int | None = None  # pad matmul K and N to this, M to 8 (systolic-array targets)
     # -O3 on dynamic-shape targets: batch sizes that also get a static-batch `decode_b{B}`.
     o3_decode_batches: tuple[int, ...] = ()
+    # -O3 on dynamic-shape targets: rows per static chunk of prefill's and extend's float
+    # linears (lower_to_iree prefill_rows); None keeps one dynamic-row matmul.
+    o3_prefill_rows: int | None = None
 
     def decode_batches(self, opt_level: int, quantized: bool = False) -> tuple[int, ...]:
         """The static-batch decode functions to export. None for quantized weights: the tuned
@@ -109,6 +112,10 @@ class TargetProfile:
         if opt_level < 3 or self.static_shapes or quantized:
             return ()
         return self.o3_decode_batches
+
+    def prefill_rows(self, opt_level: int) -> int | None:
+        """Row chunk of prefill's float linears at this level (lower_to_iree prefill_rows)."""
+        return self.o3_prefill_rows if opt_level >= 3 and not self.static_shapes else None
 
     @property
     def full_name(self) -> str:
