@@ -11,7 +11,8 @@ from dataclasses import replace
 
 from .emitter import TV, Emitter, identity
 from ..dialect.ops import GATED_ACTIVATIONS
-from .ops import LOp, _add_bias, _as_2d, _from_2d, _map_like, gelu_value, lowering, matmul_transpose_b, rms_norm
+from .ops import (LOp, _add_bias, _as_2d, _from_2d, _map_like, cuts_rows, gelu_value, lowering, matmul_transpose_b,
+                  rms_norm)
 
 
 def extract_slice(e: Emitter, x: TV, axis: int, start: int, size: int) -> TV:
@@ -63,7 +64,7 @@ def _silu(e: Emitter, v: str, ft: str) -> str:
 @lowering("fused_linear")
 def fused_linear(e: Emitter, op: LOp) -> list[TV]:
     x, w, b = (op.operands + [None])[:3]
-    y = matmul_transpose_b(e, _as_2d(e, x), w)
+    y = matmul_transpose_b(e, _as_2d(e, x), w, chunked=cuts_rows(x, w))
     if b is not None:
         y = _add_bias(e, y, b)
     act, ft = op.attrs["activation"], y.dtype

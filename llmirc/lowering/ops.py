@@ -193,13 +193,15 @@ def _from_2d(e: Emitter, y: TV, lead: tuple[Dim, ...]) -> TV:
     return e.expand(y, [list(range(len(lead))), [len(lead)]], lead + (n,))
 
 
-def matmul_transpose_b(e: Emitter, x2: TV, w: TV) -> TV:
-    """[M, K] x [N, K] -> [M, N] f32, contraction over K (weights stay [out, in])."""
+def matmul_transpose_b(e: Emitter, x2: TV, w: TV, chunked: bool = False) -> TV:
+    """[M, K] x [N, K] -> [M, N] f32, contraction over K (weights stay [out, in]); `chunked`
+    (cuts_rows) computes a dynamic M in static row chunks where the function asks for them
+    (Emitter.row_chunk, in_row_chunks)."""
     if e.tile:  # systolic-array targets: operands padded to the tile (systolic.py)
         from .systolic import padded_matmul_transpose_b
 
         return padded_matmul_transpose_b(e, x2, w)
-    if e.row_chunk and not isinstance(x2.dims[0], int) and w.dtype in NARROW_FLOATS and x2.dtype == "f32":
+    if chunked and e.row_chunk and not isinstance(x2.dims[0], int):
         return in_row_chunks(e, x2, w.dims[0], e.row_chunk, lambda xc: matmul_transpose_b(e, xc, w))
     m, n = x2.dims[0], w.dims[0]
     acc = e.filled((m, n), x2.dtype, 0.0)
@@ -210,6 +212,14 @@ def matmul_transpose_b(e: Emitter, x2: TV, w: TV) -> TV:
 
 
 NARROW_FLOATS = ("f16", "bf16")  # weights whose dynamic-row products in_row_chunks cuts
+
+
+def cuts_rows(x, w) -> bool:
+    """Whether a linear of input x and weights w (TVs or TensorTs) runs in static row chunks in
+    the row-chunked prefill/extend: f32 rows times f16/bf16 weights, over token rows (x
+    [B, T, ..., K]), not over the last-token rows ([B, K]: the logits), which are fewer than a
+    chunk (in_row_chunks needs M >= rows)."""
+    return x.rank >= 3 and x.dtype == "f32" and w.dtype in NARROW_FLOATS
 
 
 def in_row_chunks(e: Emitter, x2: TV, n: int, rows: int, product: Callable[[TV], TV]) -> TV:
@@ -233,7 +243,6 @@ def in_row_chunks(e: Emitter, x2: TV, n: int, rows: int, product: Callable[[TV],
     """
     m, k = x2.dims
     ft = x2.dtype
-    e.row_chunk, outer_chunk = None, e.row_chunk  # the products inside are not cut again
     c0, c_rows = e.idx(0), e.idx(rows)
     e.const(0.0, ft)  # the products' constants, defined here and so visible inside the loop
     out = e.empty((m, n), ft)
@@ -253,7 +262,6 @@ def in_row_chunks(e: Emitter, x2: TV, n: int, rows: int, product: Callable[[TV],
     yr = product(TV(xr, (rest, k), ft))
     y = e.v(f"tensor.insert_slice {yr.name} into {chunked}[{full}, 0] [{rest}, {n}] [1, 1] : {yr.type} into "
             f"{out.type}", "ins")
-    e.row_chunk = outer_chunk
     return TV(y, (m, n), ft)
 
 
@@ -269,7 +277,7 @@ def _add_bias(e: Emitter, y: TV, bias: TV) -> TV:
 def linear(e: Emitter, op: LOp) -> list[TV]:
     # sharded_linear is linear computed in slices; on one device the slices are the whole.
     x, w, b = (op.operands + [None])[:3]
-    y = matmul_transpose_b(e, _as_2d(e, x), w)
+    y = matmul_transpose_b(e, _as_2d(e, x), w, chunked=cuts_rows(x, w))
     if b is not None:
         y = _add_bias(e, y, b)
     return [_from_2d(e, y, op.result_dims(0, x.dims[:-1] + (w.dims[0],))[:-1])]

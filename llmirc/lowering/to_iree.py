@@ -40,7 +40,7 @@ from .quantized import stored_transposed
 from .emitter import TV, Emitter, string_literal, symbol_ref, tensor_type
 from ..pipelines.shard_tp import ARG_DEVICES, EVERY, NUM_DEVICES, PLACEMENT
 from .kv import STRATEGIES
-from .ops import LOWERINGS, NARROW_FLOATS, LOp, LoweringError
+from .ops import LOWERINGS, LOp, LoweringError, cuts_rows
 
 PARAMETER_SCOPE = "model"
 
@@ -102,8 +102,8 @@ def static_entry_points(buckets: dict) -> dict[str, list[tuple[str, dict[str, in
 
 def row_chunk_functions(module: ir.Module, rows: int | None) -> dict[str, str]:
     """{function: exported name} of the row-chunked variants `lower_to_iree(prefill_rows=rows)`
-    adds: prefill and extend, when some linear of the one-device module has f16 or bf16
-    weights (no other linear is cut, so for them the variant would be the function again)."""
+    adds: prefill and extend, when some linear of the one-device module runs in row chunks
+    there (ops.cuts_rows; without one the variant would be the function again)."""
     if not rows or num_devices(module) > 1:
         return {}
     narrow = False
@@ -111,7 +111,7 @@ def row_chunk_functions(module: ir.Module, rows: int | None) -> dict[str, str]:
     def visit(op: ir.Operation) -> ir.WalkResult:
         nonlocal narrow
         op = op.operation if hasattr(op, "operation") else op
-        if op.name == "llm.linear" and from_mlir(op.operands[1].type).dtype in NARROW_FLOATS:
+        if op.name in ("llm.linear", "llm.fused_linear") and cuts_rows(*(from_mlir(v.type) for v in op.operands[:2])):
             narrow = True
             return ir.WalkResult.INTERRUPT
         return ir.WalkResult.ADVANCE

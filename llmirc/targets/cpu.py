@@ -33,8 +33,9 @@ def cpu_profile(variant: str) -> TargetProfile:
     return TargetProfile("cpu", variant, "local", "local-task", tuple(flags), dtypes=("f32", "f16", "bf16"),
                          quantize=("int8", "int4", "w8a8", "w4a16"), attention="decomposed", notes=note,
                          o3_flags=("--iree-opt-data-tiling=true",), o3_decode_batches=(1, 4),
-                         # prefill's linears in static 64-row chunks: f16 weights 1.5-1.7x, f32
-                         # 1.1-1.3x faster at 100-512 rows (benchmarks/matmul_kernels.py --prefill-rows)
+                         # prefill's f16/bf16 linears in static 64-row chunks: 1.5-1.65x faster alone at
+                         # 100-512 rows (benchmarks/matmul_kernels.py --prefill-rows), 100M prefill
+                         # 1.1-1.45x (benchmarks/prefill_rows.py)
                          o3_prefill_rows=64,
                          # w8a8 at any level: a 128-row i8 x i8 matmul (2048 x 11264) took 128-137 ms
                          # without data tiling, 30 ms with it (28 with mmt4d ukernels, which made the

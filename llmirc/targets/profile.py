@@ -101,8 +101,8 @@ class TargetProfile:
     systolic_tile: int | None = None  # pad matmul K and N to this, M to 8 (systolic-array targets)
     # -O3 on dynamic-shape targets: batch sizes that also get a static-batch `decode_b{B}`.
     o3_decode_batches: tuple[int, ...] = ()
-    # -O3 on dynamic-shape targets: rows per static chunk of prefill's and extend's float
-    # linears (lower_to_iree prefill_rows); None keeps one dynamic-row matmul.
+    # -O3 on dynamic-shape targets: rows per static chunk of the f16/bf16 linears of the
+    # row-chunked prefill/extend (lower_to_iree prefill_rows); None exports none of those.
     o3_prefill_rows: int | None = None
 
     def decode_batches(self, opt_level: int, quantized: bool = False) -> tuple[int, ...]:
@@ -114,7 +114,7 @@ class TargetProfile:
         return self.o3_decode_batches
 
     def prefill_rows(self, opt_level: int) -> int | None:
-        """Row chunk of prefill's float linears at this level (lower_to_iree prefill_rows)."""
+        """Row chunk of prefill's f16/bf16 linears at this level (lower_to_iree prefill_rows)."""
         return self.o3_prefill_rows if opt_level >= 3 and not self.static_shapes else None
 
     @property

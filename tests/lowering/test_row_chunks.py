@@ -2,7 +2,8 @@
 
 A dynamic row count of an f16/bf16 linear is cut into full chunks with the rows static, then
 the rows left as one dynamic-row product; every row must come out as one product computes it,
-for row counts on both sides of a chunk boundary, and only prefill/extend functions are cut.
+for row counts on both sides of a chunk boundary, and only prefill/extend functions are cut,
+only over token rows ([B, T, K] inputs; not the last-token rows the logits are computed on).
 """
 
 from __future__ import annotations
@@ -20,16 +21,16 @@ K, N, CHUNK = 64, 48, 32
 ROWS = [1, CHUNK - 1, CHUNK, CHUNK + 1, 2 * CHUNK, 3 * CHUNK + 19]  # around the chunk boundaries
 
 
-def _linear_module(fname: str, dtype: str):
-    """func @fname(x f32[?, K]) -> f32[?, N] = linear(x, w (dtype)[N, K], b f32[N])."""
+def _linear_module(fname: str, dtype: str, lead: tuple = (1, None)):
+    """func @fname(x f32[*lead, K]) -> f32[*lead, N] = linear(x, w (dtype)[N, K], b f32[N])."""
     from iree.compiler import ir
     from iree.compiler.dialects import func
 
     with make_context(), ir.Location.unknown():
         m = ir.Module.create()
         with ir.InsertionPoint(m.body):
-            fn = func.FuncOp(fname, ([ir.Type.parse(str(TensorT((None, K), "f32")))],
-                                     [ir.Type.parse(str(TensorT((None, N), "f32")))]))
+            fn = func.FuncOp(fname, ([ir.Type.parse(str(TensorT((*lead, K), "f32")))],
+                                     [ir.Type.parse(str(TensorT((*lead, N), "f32")))]))
             blk = fn.add_entry_block()
             with ir.InsertionPoint(blk):
                 b = Builder()
@@ -68,16 +69,19 @@ def test_prefill_linear_in_row_chunks_equals_one_product(dtype):
     for m in ROWS:
         x = rng.standard_normal((m, K)).astype(np.float32)
         expected = x.astype(np.float64) @ wide.T.astype(np.float64) + bias
-        got = run(x)
+        got = run(x[None])[0]
         assert got.shape == (m, N)
         np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-5, err_msg=f"{m} rows")
 
 
-@pytest.mark.parametrize("fname,option,dtype", [("decode", CHUNK, "f16"), ("prefill", None, "f16"),
-                                                ("prefill", CHUNK, "f32")])
-def test_only_narrow_float_prefill_with_the_option_is_cut(fname, option, dtype):
+@pytest.mark.parametrize("fname,option,dtype,lead", [("decode", CHUNK, "f16", (1, None)),
+                                                     ("prefill", None, "f16", (1, None)),
+                                                     ("prefill", CHUNK, "f32", (1, None)),
+                                                     ("prefill", CHUNK, "f16", (None,))])
+def test_only_narrow_float_token_rows_of_prefill_with_the_option_are_cut(fname, option, dtype, lead):
     """f32 weights keep one product: in the 100M model two 64-row chunks of a 128-token
     prefill read the f32 weights twice and were 1.2x slower, although alone, from cache, the
-    chunked f32 product is faster."""
-    text = lower_to_iree(_linear_module(fname, dtype), backend="llvm-cpu", prefill_rows=option)
+    chunked f32 product is faster. A [B, K] input (the last tokens' rows, as lm_head in
+    prefill) has fewer rows than a chunk and is one product too."""
+    text = lower_to_iree(_linear_module(fname, dtype, lead), backend="llvm-cpu", prefill_rows=option)
     assert "scf.for" not in text
