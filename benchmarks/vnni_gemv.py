@@ -45,7 +45,8 @@ def vnni_module_text(k: int, n: int) -> str:
     parameter "w" packed [N/16, K/4, 16] i32 (four s8 a word)."""
     kb, tiles = k // 4, n // 16
     groups = tiles // TILES_PER_WORKGROUP
-    chains = "".join(f"%a{i}: vector<16xi32>, " for i in range(UNROLL)).rstrip(", ")
+    chains = ", ".join(f"%a{i} = %zero" for i in range(UNROLL))
+    types = ", ".join(["vector<16xi32>"] * UNROLL)
     step = []
     for i in range(UNROLL):
         step += [f"%k{i} = arith.addi %k, %c{i} : index",
@@ -57,12 +58,13 @@ def vnni_module_text(k: int, n: int) -> str:
                  f'%r{i} = llvm.call_intrinsic "llvm.x86.avx512.vpdpbusd.512"(%a{i}, %xv{i}, %wv{i}) : '
                  "(vector<16xi32>, vector<64xi8>, vector<64xi8>) -> vector<16xi32>"]
     body = "\n              ".join(step)
-    consts = "\n        ".join(f"%c{i} = arith.constant {i} : index" for i in range(max(UNROLL, 2)))
+    consts = "\n        ".join(f"%c{i} = arith.constant {i} : index" for i in range(UNROLL))
     results = ", ".join(f"%r{i}" for i in range(UNROLL))
-    sums = [f"%s1 = arith.addi %acc#0, %acc#1 : vector<16xi32>"]
-    for i in range(2, UNROLL):
-        sums.append(f"%s{i} = arith.addi %s{i - 1}, %acc#{i} : vector<16xi32>")
-    total = f"%s{UNROLL - 1}" if UNROLL > 1 else "%acc#0"
+    sums, total = [], "%acc#0"  # the chains added into one vector
+    for i in range(1, UNROLL):
+        sums.append(f"%s{i} = arith.addi {total}, %acc#{i} : vector<16xi32>")
+        total = f"%s{i}"
+    sums_text = "\n          ".join(sums)
     return f"""
 util.global private @w = #flow.parameter.named<"model"::"w"> : tensor<{tiles}x{kb}x16xi32>
 stream.executable private @vnni {{
@@ -86,11 +88,11 @@ stream.executable private @vnni {{
         %t0 = arith.muli %wg, %ctiles : index
         scf.for %t = %c0 to %ctiles step %c1 {{
           %tile = arith.addi %t0, %t : index
-          %acc:{UNROLL} = scf.for %k = %c0 to %ckb step %cu iter_args({chains.replace(': vector<16xi32>', ' = %zero')}) -> ({', '.join(['vector<16xi32>'] * UNROLL)}) {{
+          %acc:{UNROLL} = scf.for %k = %c0 to %ckb step %cu iter_args({chains}) -> ({types}) {{
               {body}
-              scf.yield {results} : {', '.join(['vector<16xi32>'] * UNROLL)}
+              scf.yield {results} : {types}
           }}
-          {chr(10).join('          ' + s for s in sums).strip()}
+          {sums_text}
           %off = arith.muli %tile, %c16 : index
           vector.store {total}, %y[%off] : memref<{n}xi32>, vector<16xi32>
         }}
