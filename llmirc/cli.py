@@ -577,7 +577,7 @@ def models(as_json: bool) -> None:
 def _profile_row(p) -> dict:
     return {"variant": p.variant, "flags": list(p.flags), "o3_flags": list(p.o3_flags), "notes": p.notes,
             "dtypes": list(p.dtypes), "quantize": list(p.quantize), "index_dtype": p.index_dtype,
-            "systolic_tile": p.systolic_tile}
+            "systolic_tile": p.systolic_tile, "vnni": p.vnni}
 
 
 # ---- testing helpers -----------------------------------------------------------------

@@ -270,7 +270,8 @@ def compile_checkpoint(opts: CompileOptions, progress: Progress | None = _stderr
     prefill_rows = target.prefill_rows(opts.opt_level)
     iree_input = target.module_text(lower_to_iree(model.module, attention=target.attention, buckets=buckets,
                                                   tile=target.systolic_tile, backend=_backend(target),
-                                                  decode_batches=decode_batches, prefill_rows=prefill_rows),
+                                                  decode_batches=decode_batches, prefill_rows=prefill_rows,
+                                                  vnni=target.vnni),
                                     num_devices=opts.tp)
     result.stage_seconds["lower"] = time.perf_counter() - t
     if opts.emit == "iree-input":
@@ -278,7 +279,7 @@ def compile_checkpoint(opts: CompileOptions, progress: Progress | None = _stderr
         return _timed(result, opts)
 
     from .artifacts import write_bundle
-    from .lowering import compile_iree, stored_transposed
+    from .lowering import compile_iree, stored_transposed, stored_vnni
     from .lowering.to_iree import row_chunk_functions
 
     t = stage(f"iree-compile for {target.full_name}")
@@ -290,7 +291,8 @@ def compile_checkpoint(opts: CompileOptions, progress: Progress | None = _stderr
     t = stage(f"write artifact {opts.output}")
     manifest = write_bundle(
         opts.output, vmfb=vmfb, params=_LazyParams(weights, weight_types(model.module),
-                                                    stored_transposed(model.module)),
+                                                    stored_transposed(model.module),
+                                                    stored_vnni(model.module) if target.vnni else set()),
         tokenizer_files=model.tokenizer_files(),
         model=model.config.summary(), target=_target_record(target, opts.opt_level, buckets, opts.tp),
         entry_points=_entry_points(target, buckets, decode_batches, opts.tp,
@@ -347,7 +349,8 @@ def _compile_pipeline(opts: CompileOptions, model, target: TargetProfile, dtype:
     t = stage(f"lower to IREE input (attention: {target.attention}), {opts.pp} stages")
     decode_batches = target.decode_batches(opts.opt_level, quantized=quant is not None and not quant.act_bits)
     inputs = [target.module_text(lower_to_iree(m, attention=target.attention, tile=target.systolic_tile,
-                                               backend=_backend(target), decode_batches=decode_batches))
+                                               backend=_backend(target), decode_batches=decode_batches,
+                                               vnni=target.vnni))
               for m in modules]
     result.stage_seconds["lower"] = time.perf_counter() - t
     if opts.emit == "iree-input":
@@ -355,7 +358,7 @@ def _compile_pipeline(opts: CompileOptions, model, target: TargetProfile, dtype:
         return _timed(result, opts)
 
     from .artifacts import write_bundle
-    from .lowering import compile_iree, stored_transposed
+    from .lowering import compile_iree, stored_transposed, stored_vnni
 
     t = stage(f"iree-compile for {target.full_name}, {opts.pp} stages")
     flags = target.compile_flags(opts.opt_level, integer_matmuls=bool(quant and quant.act_bits))
@@ -366,9 +369,11 @@ def _compile_pipeline(opts: CompileOptions, model, target: TargetProfile, dtype:
     t = stage(f"write artifact {opts.output}")
     types: dict = {}
     transposed: set[str] = set()
+    vnni: set[str] = set()
     for m in modules:
         types |= weight_types(m)
         transposed |= stored_transposed(m)
+        vnni |= stored_vnni(m) if target.vnni else set()
     record = _target_record(target, opts.opt_level, None, 1)
     record["devices"] = {"count": opts.pp, "kind": target.device, "parallelism": "pipeline",
                          "stages": [{"layers": [a, b], "vmfb": stage_vmfb_name(i),
@@ -379,7 +384,7 @@ def _compile_pipeline(opts: CompileOptions, model, target: TargetProfile, dtype:
     kv["pools"] = opts.pp
     kv["pool_layers"] = [b - a for a, b in ranges]
     manifest = write_bundle(
-        opts.output, vmfb=vmfbs[0], params=_LazyParams(weights, types, transposed),
+        opts.output, vmfb=vmfbs[0], params=_LazyParams(weights, types, transposed, vnni),
         extra_files={stage_vmfb_name(i): v for i, v in enumerate(vmfbs) if i > 0},
         tokenizer_files=model.tokenizer_files(), model=model.config.summary(), target=record,
         entry_points=_entry_points(target, None, decode_batches, 1), opt_level=opts.opt_level, kv=kv,
@@ -402,15 +407,16 @@ def _timed(result: CompileResult, opts: CompileOptions) -> CompileResult:
 class _LazyParams(Mapping):
     """The tensors the IR references, computed/loaded one at a time as the archive is written,
     each encoded as the lowering reads it (int4 packed two per byte, bf16 bits, quantized
-    matmul weights transposed)."""
+    matmul weights transposed, w8a8 values in the VNNI layout where the target has it)."""
 
-    def __init__(self, store: WeightStore, types: dict, transposed: set[str]):
+    def __init__(self, store: WeightStore, types: dict, transposed: set[str], vnni: set[str]):
         self.store, self.types, self.transposed, self.names = store, types, transposed, list(types)
+        self.vnni = vnni
 
     def __getitem__(self, name: str):
         from .artifacts.params import encode_param
 
-        value = encode_param(self.store[name], self.types[name].dtype, name in self.transposed)
+        value = encode_param(self.store[name], self.types[name].dtype, name in self.transposed, name in self.vnni)
         self.store.drop_cached(set())  # intermediates (f32 originals of derived weights) can go now
         return value
 
@@ -469,6 +475,8 @@ def _target_record(t: TargetProfile, opt_level: int, buckets: dict | None = None
         record["device_target_attr"] = t.device_target_attr  # put on the module: IREE lacks this variant
     if t.systolic_tile:
         record["systolic_tile"] = t.systolic_tile
+    if t.vnni:  # w8a8 products through lowering/vnni.py (weights stored in its order): needs AVX512-VNNI
+        record["vnni"] = True
     if buckets:
         record["buckets"] = buckets  # static-shape entry points: prefill_b{B}_t{T}, decode_b{B}
     return record

@@ -52,12 +52,17 @@ def unpack_int4(packed: np.ndarray, shape: tuple[int, ...], signed: bool) -> np.
     return out.reshape(shape)
 
 
-def encode_param(array: np.ndarray, dtype: str, transposed: bool = False) -> np.ndarray:
+def encode_param(array: np.ndarray, dtype: str, transposed: bool = False, vnni: bool = False) -> np.ndarray:
     """A weight as the archive stores it for an IR element type: i4 packed two per byte,
     bf16 as its 16-bit patterns (rounded to nearest even), others as that numpy dtype;
-    `transposed` (a 2-D weight of a quantized matmul, see lowering/quantized.py) stores it [in, out]."""
+    `transposed` (a 2-D weight of a quantized matmul, see lowering/quantized.py) stores it [in, out];
+    `vnni` (w8a8 values on a VNNI CPU, lowering/vnni.py) in that kernel's [N/16, K/4, 64]."""
     if transposed:
         array = np.ascontiguousarray(np.asarray(array).T)
+    if vnni:
+        from llmirc.lowering.vnni import pack_weight
+
+        array = pack_weight(np.asarray(array, np.int8))
     if dtype == "i4":
         return pack_int4(array)
     if dtype == "bf16":

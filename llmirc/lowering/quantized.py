@@ -26,7 +26,10 @@ from __future__ import annotations
 from iree.compiler import ir
 
 from ..dialect.ops import ACT_TINY
-from .emitter import TV, Emitter, affine_map
+from ..dialect.types import from_mlir
+from ..pipelines.shard_tp import NUM_DEVICES
+from . import vnni
+from .emitter import TV, Emitter, affine_map, tensor_type
 from .ops import LOp, LoweringError, _as_2d, _from_2d, _group_split, lowering
 
 QUANTIZED_OPERANDS = {1, 2, 3}  # values, scales, zero_points of llm.quantized_matmul
@@ -76,6 +79,35 @@ def stored_transposed(module: ir.Module) -> set[str]:
             ok = all(_weight_only_use(getattr(u.owner, "operation", u.owner), u.operand_number)
                      for u in op.results[0].uses)
             uses[name] = uses.get(name, True) and ok and bool(list(op.results[0].uses))
+        return ir.WalkResult.ADVANCE
+
+    module.operation.walk(visit)
+    return {name for name, ok in uses.items() if ok}
+
+
+def stored_vnni(module: ir.Module) -> set[str]:
+    """Names of the weights stored in the VNNI kernel's layout when the target has VNNI
+    (lowering/vnni.py): read only as w8a8 values, [N, K] with both multiples of vnni.ALIGN, in
+    a one-device module. The lowering and the archive writer both use this rule."""
+    if NUM_DEVICES in module.operation.attributes:
+        return set()
+    uses: dict[str, bool] = {}
+
+    def w8a8_values(use) -> bool:
+        user = getattr(use.owner, "operation", use.owner)
+        if user.name != "llm.quantized_matmul" or use.operand_number != 1 or "act_bits" not in user.attributes:
+            return False
+        return ir.IntegerAttr(user.attributes["act_bits"]).value > 0 and ir.IntegerAttr(user.attributes["bits"]).value == 8
+
+    def visit(op: ir.Operation) -> ir.WalkResult:
+        op = op.operation if hasattr(op, "operation") else op
+        if op.name == "llm.weight":
+            name = ir.StringAttr(op.attributes["name"]).value
+            shape = from_mlir(op.results[0].type).shape
+            users = list(op.results[0].uses)
+            ok = (bool(users) and len(shape) == 2 and all(d % vnni.ALIGN == 0 for d in shape)
+                  and all(w8a8_values(u) for u in users))
+            uses[name] = uses.get(name, True) and ok
         return ir.WalkResult.ADVANCE
 
     module.operation.walk(visit)
@@ -320,7 +352,8 @@ def _integer_matmul(e: Emitter, op: LOp) -> TV:
     if ft != "f32" or s.dtype != "f32" or q.dtype != "i8":
         raise LoweringError(f"w8a8 quantized_matmul takes f32 input and scales and i8 values, "
                             f"got {ft}, {s.dtype} and {q.dtype}")
-    n, k = q.dims
+    packed = op.module.vnni_loads.get(q.name)  # (N, K) of a weight stored for the VNNI kernel
+    n, k = packed or q.dims
     planes = op.attrs["act_bits"] // 8
     x2 = _as_2d(e, x)
     m = x2.dims[0]
@@ -338,6 +371,8 @@ def _integer_matmul(e: Emitter, op: LOp) -> TV:
     if planes == 2:
         amax.append(_row_abs_max(e, m, ft, [(x2, ["d0", "d1"]), (amax[0], ["d0"])], lambda a: residual(a[0], a[1])))
 
+    kern = vnni.plan(planes * m if isinstance(m, int) else None, k, n) if packed else None
+
     def quantize(a):  # a: x, then amax of each plane
         if planes == 1:
             v, amx = a[0], a[1]
@@ -345,7 +380,9 @@ def _integer_matmul(e: Emitter, op: LOp) -> TV:
             first = e.v(f"arith.cmpi eq, {e.index(0)}, {e.idx(0)} : index")
             v = e.v(f"arith.select {first}, {a[0]}, {residual(a[0], a[1])} : {ft}")
             amx = e.v(f"arith.select {first}, {a[1]}, {a[2]} : {ft}")
-        return [e.v(f"arith.fptosi {quantized(v, amx)[0]} : {ft} to i8")]
+        xq = e.v(f"arith.fptosi {quantized(v, amx)[0]} : {ft} to i8")
+        # the VNNI kernel multiplies u8: xq + 128, which is xq with its sign bit flipped
+        return [e.v(f"arith.xori {xq}, {e.const(-128, 'i8')} : i8") if kern else xq]
 
     if planes == 1:
         xq = e.generic(2, [(x2, ["d0", "d1"]), (amax[0], ["d0"])], [(e.empty((m, k), "i8"), ["d0", "d1"])],
@@ -354,10 +391,13 @@ def _integer_matmul(e: Emitter, op: LOp) -> TV:
         xq = e.collapse(e.generic(3, [(x2, ["d1", "d2"]), (amax[0], ["d1"]), (amax[1], ["d1"])],
                                   [(e.empty((2, m, k), "i8"), ["d0", "d1", "d2"])], quantize)[0], [[0, 1], [2]])
     rows = xq.dims[0]
-    acc = e.filled((rows, n), "i32", 0)
-    maps = ", ".join(affine_map(3, ex) for ex in (["d0", "d2"], ["d1", "d2"], ["d0", "d1"]))
-    prod = TV(e.v(f"linalg.matmul indexing_maps = [{maps}] ins({xq.name}, {q.name} : {xq.type}, {q.type}) "
-                  f"outs({acc.name} : {acc.type}) -> {acc.type}", "imm"), (rows, n), "i32")
+    if kern:
+        prod = _vnni_product(e, op, xq, q, kern)
+    else:
+        acc = e.filled((rows, n), "i32", 0)
+        maps = ", ".join(affine_map(3, ex) for ex in (["d0", "d2"], ["d1", "d2"], ["d0", "d1"]))
+        prod = TV(e.v(f"linalg.matmul indexing_maps = [{maps}] ins({xq.name}, {q.name} : {xq.type}, {q.type}) "
+                      f"outs({acc.name} : {acc.type}) -> {acc.type}", "imm"), (rows, n), "i32")
     if planes == 2:
         prod = e.expand(prod, [[0, 1], [2]], (2, m, n))
 
@@ -374,3 +414,14 @@ def _integer_matmul(e: Emitter, op: LOp) -> TV:
     y = e.generic(2, per_plane + [(a, ["d0"]) for a in amax] + [(s, ["d1", "0"])],
                   [(e.empty((m, n), ft), ["d0", "d1"])], scale)[0]
     return _from_2d(e, y, op.result_dims(0, x.dims[:-1] + (n,))[:-1])
+
+
+def _vnni_product(e: Emitter, op: LOp, xu: TV, q: TV, kern: vnni.Kernel) -> TV:
+    """int32 [rows, n] product of xu (xq + 128 as u8) and the packed weight q through
+    lowering/vnni.py: the executable once per shape, the column sums once per weight."""
+    lw = op.module
+    name = lw.weight_names[q.name]
+    exe = lw.define(("vnni", kern), kern.name, lambda sym, _: vnni.executable_text(kern, sym))
+    sums = lw.define(("vnni-sums", name), f"{name}.vnni_sums",
+                     lambda sym, ie: vnni.column_sums_text(ie, kern.n, kern.k, lw.globals[name][:2], sym))
+    return vnni.product(e, xu, kern, exe, q.name, lw.load_global(e, sums, tensor_type((kern.n,), "i32")))

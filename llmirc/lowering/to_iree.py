@@ -24,6 +24,7 @@ each (on device 0), copied to every other device once per call.
 from __future__ import annotations
 
 import re
+from typing import Callable
 
 from iree.compiler import ir
 
@@ -36,7 +37,8 @@ from . import fused as _fused  # noqa: F401  (registers the lowerings of fusion 
 from . import kv as _kv  # noqa: F401  (registers the paged-KV lowerings)
 from . import moe as _moe  # noqa: F401  (registers the mixture-of-experts lowerings)
 from .devices import DEVICE_PREFIX, affinity, transfer
-from .quantized import stored_transposed
+from .quantized import stored_transposed, stored_vnni
+from .vnni import packed_dims, packed_type
 from .emitter import TV, Emitter, string_literal, symbol_ref, tensor_type
 from ..pipelines.shard_tp import ARG_DEVICES, EVERY, NUM_DEVICES, PLACEMENT
 from .kv import STRATEGIES
@@ -53,7 +55,7 @@ _HINTS = {
 
 def lower_to_iree(module: ir.Module, *, attention: str = "decomposed", buckets: dict | None = None,
                   tile: int | None = None, backend: str | None = None, decode_batches: tuple[int, ...] = (),
-                  prefill_rows: int | None = None) -> str:
+                  prefill_rows: int | None = None, vnni: bool = False) -> str:
     """IREE input MLIR text for a paged llm module (see the module docstring for the ABI).
 
     attention: "decomposed" (Q.K^T batch matmul + linalg.softmax + P.V batch matmul; the
@@ -73,6 +75,8 @@ def lower_to_iree(module: ir.Module, *, attention: str = "decomposed", buckets: 
     `extend_r{R}` (row_chunk_functions): the same functions with those linears computed R rows
     at a time with the rows static (ops.in_row_chunks), for calls of at least R token rows
     (B x T); IREE's CPU data tiling is 1.5-1.7x faster on f16 weights with a static M.
+    vnni: the target CPU has AVX512-VNNI: w8a8's products of at most 8 static rows (the
+    decode_b{B} functions) use the hand-written dispatch of lowering/vnni.py.
     A module with `llm.num_devices = N` (shard-tp) lowers to one module for the N devices
     `@__device_0..N-1` (see the module docstring); iree-compile must then get N target
     devices (TargetProfile.compile_flags(num_devices=N)).
@@ -82,7 +86,7 @@ def lower_to_iree(module: ir.Module, *, attention: str = "decomposed", buckets: 
         raise LoweringError(f"unknown attention strategy {attention!r} (choose from {', '.join(STRATEGIES)})")
     return _ModuleLowering(module, {"attention": attention, "buckets": buckets, "tile": tile,
                                     "backend": backend, "decode_batches": decode_batches,
-                                    "prefill_rows": prefill_rows}).run()
+                                    "prefill_rows": prefill_rows, "vnni": vnni}).run()
 
 
 def static_entry_points(buckets: dict) -> dict[str, list[tuple[str, dict[str, int]]]]:
@@ -147,6 +151,11 @@ class _ModuleLowering:
         self._loads: dict = {}  # per function: globals key (weight name, or (name, device)) -> loaded value
         self.stored_transposed = stored_transposed(module)  # weights the archive holds [in, out]
         self.transposed: set[str] = set()  # SSA names of loads of those (quantized.py reads them as such)
+        self.weight_names: dict[str, str] = {}  # one device: SSA name of a weight load -> weight name
+        self.stored_vnni = stored_vnni(module) if options.get("vnni") else set()  # weights packed for vnni.py
+        self.vnni_loads: dict[str, tuple[int, int]] = {}  # SSA names of loads of those -> their [N, K]
+        # module-level ops a lowering adds (vnni.py: executables, initialized globals): key -> (symbol, lines)
+        self.module_ops: dict[object, tuple[str, list[str]]] = {}
 
     def run(self) -> str:
         if not self.fns:
@@ -173,6 +182,8 @@ class _ModuleLowering:
             pinned = "" if device is None else f" {{stream.affinity = {affinity(device)}}}"
             lines.append(f"  util.global private {sym}{pinned} = #stream.parameter.named<"
                          f"{string_literal(PARAMETER_SCOPE)}::{string_literal(name)}> : {t}")
+        for _, text in self.module_ops.values():
+            lines.extend("  " + line for line in text)
         for body in bodies:
             lines.extend("  " + line for line in body)
         lines.append("}")
@@ -183,7 +194,7 @@ class _ModuleLowering:
     def load_weight(self, e: Emitter, name: str, t: TensorT) -> TV:
         if name in self.stored_transposed:
             t = TensorT(tuple(reversed(t.shape)), t.dtype)
-        ttext = tensor_type(t.shape, t.dtype)
+        ttext = packed_type(*t.shape) if name in self.stored_vnni else tensor_type(t.shape, t.dtype)
         # Several devices: one global per (weight, device that reads it), pinned there.
         key = name if self.num_devices == 1 else (name, self.device)
         if key not in self.globals:
@@ -193,9 +204,28 @@ class _ModuleLowering:
         if known != ttext:
             raise LoweringError(f"weight '{name}' is used as {known} and as {ttext}")
         if key not in self._loads:
-            self._loads[key] = TV(e.v(f"util.global.load {sym} : {ttext}", "w"), tuple(t.shape), t.dtype)
+            dims = packed_dims(*t.shape) if name in self.stored_vnni else tuple(t.shape)
+            self._loads[key] = TV(e.v(f"util.global.load {sym} : {ttext}", "w"), dims, t.dtype)
+            if name in self.stored_vnni:
+                self.vnni_loads[self._loads[key].name] = tuple(t.shape)
             if name in self.stored_transposed:
                 self.transposed.add(self._loads[key].name)
+            if self.num_devices == 1:
+                self.weight_names[self._loads[key].name] = name
+        return self._loads[key]
+
+    def define(self, key: object, base: str, make: Callable[[str, Emitter], list[str]]) -> str:
+        """The symbol of module-level op `key`, made once by make(symbol, emitter of its own)."""
+        if key not in self.module_ops:
+            sym = self._symbol(base)
+            self.module_ops[key] = (sym, make(sym, Emitter(self.counter)))
+        return self.module_ops[key][0]
+
+    def load_global(self, e: Emitter, sym: str, ttext: str) -> str:
+        """util.global.load of a global made by define(), once per function."""
+        key = ("global", sym)
+        if key not in self._loads:
+            self._loads[key] = e.v(f"util.global.load {sym} : {ttext}", "w")
         return self._loads[key]
 
     def _symbol(self, name: str) -> str:
@@ -208,6 +238,7 @@ class _ModuleLowering:
         if not re.match(r"[A-Za-z_]", base):
             base = "_" + base
         taken = {sym for sym, *_ in self.globals.values()} | {symbol_ref(f) for f in self.fns}
+        taken |= {sym for sym, _ in self.module_ops.values()}
         taken |= {symbol_ref(f"{DEVICE_PREFIX}{i}") for i in range(self.num_devices)}
         sym, n = symbol_ref(base), 1
         while sym in taken:

@@ -2,7 +2,12 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from .profile import TargetProfile
+
+# Named CPUs with AVX512-VNNI (vpdpbusd on 512-bit vectors); "host" is asked of the CPU itself.
+VNNI_CPUS = frozenset({"znver4", "sapphirerapids"})
 
 CPU_VARIANTS = {
     # variant -> (target cpu, target triple or None, note)
@@ -40,4 +45,17 @@ def cpu_profile(variant: str) -> TargetProfile:
                          # w8a8 at any level: a 128-row i8 x i8 matmul (2048 x 11264) took 128-137 ms
                          # without data tiling, 30 ms with it (28 with mmt4d ukernels, which made the
                          # static batch-1 product slower: 0.96 vs 0.83 ms) (docs/quantization.md)
-                         integer_matmul_flags=("--iree-opt-data-tiling=true",))
+                         integer_matmul_flags=("--iree-opt-data-tiling=true",),
+                         vnni=has_vnni(variant))
+
+
+def has_vnni(variant: str) -> bool:
+    """Whether the variant's CPU has AVX512-VNNI; for "host", whether this machine's does
+    (Linux /proc/cpuinfo; elsewhere no: the portable kernel is always correct)."""
+    if variant != "host":
+        return variant in VNNI_CPUS
+    try:
+        return any(line.startswith("flags") and "avx512_vnni" in line.split()
+                   for line in Path("/proc/cpuinfo").read_text().splitlines())
+    except OSError:
+        return False

@@ -25,6 +25,7 @@ from llmirc.frontend import import_checkpoint
 from llmirc.lowering import stored_transposed
 from llmirc.pipelines import PassManager, QuantConfig, pipeline_for_level
 from llmirc.runtime import Engine
+from llmirc.targets.cpu import has_vnni
 from llmirc.testing.checkpoints import CheckpointSpec, make_checkpoint
 
 SPEC = CheckpointSpec(layers=2, hidden=64, heads=4, kv_heads=2, intermediate=128, vocab=320, max_seq_len=64, seed=4)
@@ -126,17 +127,24 @@ def test_w8a8_quantizes_the_activations(checkpoint, artifacts):
 
 
 def test_w8a8_stores_values_as_checkpoints_do(checkpoint, artifacts):
-    """w8a8 values stay [out, in] in the archive (the integer matmul reads them as stored), with
-    one scale per output channel; down_proj's op takes two activation planes."""
+    """w8a8 values stay [out, in] in the archive (the integer matmul reads them as stored), or
+    on a VNNI CPU in its kernel's [out/16, in/4, 16 x 4] order (lowering/vnni.py), with one
+    scale per output channel; down_proj's op takes two activation planes."""
     params = read_params(artifacts["w8a8"] / "model.irpa")
     q = [n for n in params if n.endswith(".qweight")]
     assert len(q) == 4 * SPEC.layers + 1 and all(params[n].dtype == np.int8 for n in q)  # + lm_head
     down = next(n for n in q if "down_proj" in n)
-    assert params[down].shape == (SPEC.hidden, SPEC.intermediate)
+    module, store = _interpreted(checkpoint, *CASES["w8a8"])
+    stored, want = params[down], np.asarray(store[down])
+    assert want.shape == (SPEC.hidden, SPEC.intermediate)
+    if has_vnni("host"):  # numpy's own reading of the packed order
+        n, k = want.shape
+        assert stored.shape == (n // 16, k // 4, 64)
+        stored = stored.reshape(n // 16, k // 4, 16, 4).transpose(0, 2, 1, 3).reshape(n, k)
+    np.testing.assert_array_equal(stored, want)
     assert params[down.replace(".qweight", ".scales")].shape == (SPEC.hidden, 1)
     from iree.compiler import ir
 
-    module, _ = _interpreted(checkpoint, *CASES["w8a8"])
     planes = {}  # weight name -> act_bits of the quantized_matmul reading it
     for f in functions(module).values():
         for op in f.regions[0].blocks[0].operations:

@@ -1,0 +1,189 @@
+"""The AVX512-VNNI w8a8 product (llmirc/lowering/vnni.py): exact against numpy, and in a
+compiled w8a8 model (prefill; decode at batch 1, 4 and 5) against the interpreter.
+
+Running VNNI code needs a CPU that has it; on one without, the kernels are still compiled
+for a VNNI CPU (cpu:sapphirerapids) and the lowering's structure is checked, and the runs
+are skipped with that reason.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from llmirc.compiler import CompileOptions, compile_checkpoint
+from llmirc.dialect.context import functions
+from llmirc.dialect.interpreter import empty_page_pool, run_function
+from llmirc.dialect.types import from_mlir
+from llmirc.frontend import import_checkpoint
+from llmirc.lowering import compile_iree
+from llmirc.lowering.emitter import tensor_type
+from llmirc.lowering.vnni import FEW_ROWS, Kernel, executable_text, pack_weight, plan
+from llmirc.pipelines import PassManager, QuantConfig, pipeline_for_level
+from llmirc.runtime import Engine
+from llmirc.targets import resolve
+from llmirc.targets.cpu import has_vnni
+from llmirc.testing.checkpoints import CheckpointSpec, make_checkpoint
+
+HOST_VNNI = has_vnni("host")
+needs_vnni = pytest.mark.skipif(not HOST_VNNI, reason="this CPU has no avx512_vnni to run the kernel on")
+
+# (rows of the plan, k, n, rows to run): few static rows with every chain count (4, 2, 1), a
+# tile count that is not a multiple of 16; dynamic rows in 4-row blocks of 4, 2 and 1 tiles
+SHAPES = [(1, 96, 48, 1), (2, 64, 256, 2), (3, 32, 80, 3), (4, 128, 32, 4), (8, 48, 512, 8),
+          (None, 64, 256, 12), (None, 32, 96, 4), (None, 48, 80, 8), (12, 64, 320, 12)]
+
+
+def test_kernel_plans():
+    for rows in list(range(1, FEW_ROWS + 2)) + [None, "%d3"]:
+        for n in (16, 48, 256, 320, 5632, 32000):
+            kern = plan(rows, 256, n)
+            assert kern.n == n and kern.k == 256 and kern.blocks * kern.tiles * 16 == n
+            per = kern.blocks_per_workgroup
+            assert kern.blocks % per == 0 and 1 <= per <= 16 and kern.blocks // per >= min(kern.blocks, 8)
+            if isinstance(rows, int) and rows <= FEW_ROWS:  # one block of all rows, >= 4 accumulators
+                assert (kern.rows, kern.tiles) == (rows, 1)
+                assert kern.chains * rows >= 4 and (kern.chains - 1) * rows < 4
+            else:
+                assert (kern.rows, kern.chains) == (4, 1) and kern.tiles == (4 if n % 64 == 0 else 2 if n % 32 == 0 else 1)
+    for n, k in ((40, 64), (64, 40), (64, 8)):
+        with pytest.raises(ValueError, match="multiples of 16"):
+            plan(1, k, n)
+
+
+def _kernels_module(shapes) -> str:
+    """@mm_i(x [m, k] u8-as-i8, w packed) -> [m, n] i32 for each shape."""
+    lines = ["module {"]
+    for i, (r, k, n, m) in enumerate(shapes):
+        kern = plan(r, k, n)
+        assert m % kern.rows == 0
+        lines += ["  " + line for line in executable_text(kern, f"@k{i}")]
+        xt, yt = tensor_type((m, k), "i8"), tensor_type((m, n), "i32")
+        dx, dy = tensor_type(("?", k), "i8"), tensor_type(("?", n), "i32")
+        lines += [f"  func.func @mm_{i}(%x: {xt}, %w: {kern.packed_type}) -> {yt} {{",
+                  f"    %m = arith.constant {m} : index",
+                  f"    %xd = tensor.cast %x : {xt} to {dx}",
+                  f"    %yd = flow.dispatch @k{i}::@k{i}(%xd, %w, %m) : ({dx}{{%m}}, {kern.packed_type}, index) -> {dy}{{%m}}",
+                  f"    %y = tensor.cast %yd : {dy} to {yt}",
+                  f"    return %y : {yt}", "  }"]
+    return "\n".join(lines + ["}"]) + "\n"
+
+
+def _packed(w: np.ndarray) -> np.ndarray:
+    """numpy's own [n, k] -> [n/16, k/4, 64] (16 columns x 4 in-features a 64-byte vector)."""
+    n, k = w.shape
+    return np.stack([np.stack([w[16 * t:16 * t + 16, 4 * j:4 * j + 4].reshape(-1) for j in range(k // 4)])
+                     for t in range(n // 16)])
+
+
+def test_pack_weight():
+    w = np.random.default_rng(1).integers(-128, 128, (48, 32)).astype(np.int8)
+    np.testing.assert_array_equal(pack_weight(w), _packed(w))
+
+
+def test_kernels_compile_for_a_vnni_cpu():
+    """Compiles wherever the tests run (a cross build), VNNI in this CPU or not."""
+    compile_iree(_kernels_module(SHAPES), list(resolve("cpu:sapphirerapids").compile_flags(3)))
+
+
+@needs_vnni
+def test_kernels_exact_against_numpy():
+    import iree.runtime as rt
+
+    vmfb = compile_iree(_kernels_module(SHAPES), list(resolve("cpu").compile_flags(3)))
+    mod = rt.load_vm_flatbuffer(vmfb, driver="local-task")
+    rng = np.random.default_rng(0)
+    for i, (r, k, n, m) in enumerate(SHAPES):
+        xu = rng.integers(0, 256, (m, k)).astype(np.uint8)  # the u8 operand, any byte
+        w = rng.integers(-128, 128, (n, k)).astype(np.int8)  # -128 too
+        got = np.asarray(getattr(mod, f"mm_{i}")(xu.view(np.int8), _packed(w)))
+        want = xu.astype(np.int64) @ w.astype(np.int64).T
+        np.testing.assert_array_equal(got, want, err_msg=f"plan rows {r}, k {k}, n {n}, m {m}")
+
+
+# ---- in a model ----------------------------------------------------------------------------
+
+SPEC = CheckpointSpec(layers=2, hidden=64, heads=4, kv_heads=2, intermediate=128, vocab=320, max_seq_len=64, seed=7)
+PAGE, NUM_PAGES = 8, 16
+PROMPTS = [[1, 17, 33, 5, 99, 7], [4, 250, 12], [9, 9, 300, 41, 2, 60, 61], [100], [3, 3, 8, 21, 40]]
+STEPS = 4
+W8A8 = dict(quantize="w8a8", keep_float="")  # lm_head too
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("vnni") / "ckpt", SPEC)
+
+
+def _iree_input(checkpoint: Path, path: Path, target: str) -> str:
+    compile_checkpoint(CompileOptions(checkpoint, path, opt_level=3, emit="iree-input", target=target, **W8A8),
+                       progress=None)
+    return path.read_text()
+
+
+def test_every_w8a8_product_reads_the_stored_packed_weight(checkpoint, tmp_path):
+    """For a VNNI CPU each w8a8 weight is a parameter in the packed order and every function
+    multiplies through the kernel (no int8 linalg.matmul left, so no data-tiled copy); for
+    one without, the weights stay [out, in] and no kernel is emitted."""
+    text = _iree_input(checkpoint, tmp_path / "spr.mlir", "cpu:sapphirerapids")
+    params = dict(re.findall(r'#stream\.parameter\.named<"model"::"([^"]+)"> : (\S+)', text))
+    weights = [n for n in params if n.endswith(".qweight")]
+    assert weights and all(re.fullmatch(r"tensor<\d+x\d+x64xi8>", params[n]) for n in weights)
+    assert text.count("util.initializer") == len(weights)  # the column sums of each
+    bodies = {chunk.split("(", 1)[0]: chunk for chunk in text.split("\n  func.func @")[1:]}
+    assert {"prefill", "decode", "decode_b1", "decode_b4"} <= set(bodies)
+    for name, body in bodies.items():
+        assert body.count("flow.dispatch @vnni_") == len(weights), name
+        assert "xi32>) -> tensor" not in body.replace("flow.dispatch", ""), name
+    for shape in ("1x1x4", "4x1x1", "8x1x1", "2x1x2", "4x4x1"):  # decode_b1/b4 (down_proj 2 planes), dynamic
+        assert f"@vnni_{shape}_" in text, shape
+    plain = _iree_input(checkpoint, tmp_path / "hsw.mlir", "cpu:haswell")
+    assert "stream.executable" not in plain and "flow.dispatch" not in plain
+    plain_params = dict(re.findall(r'#stream\.parameter\.named<"model"::"([^"]+)"> : (\S+)', plain))
+    assert all(re.fullmatch(r"tensor<\d+x\d+xi8>", plain_params[n]) for n in weights)
+
+
+def _reference(checkpoint: Path, prompt: list[int]) -> list[np.ndarray]:
+    """Interpreter logits of one request alone: prefill, then STEPS greedy decodes."""
+    m = import_checkpoint(checkpoint)
+    store = m.weight_store()
+    quant = QuantConfig.parse("w8a8", 128, True, "")
+    PassManager(pipeline_for_level(3, PAGE, quant, "f32"), weights=store).run(m.module)
+    t = from_mlir(functions(m.module)["prefill"].regions[0].blocks[0].arguments[3].type)
+    pool, table = empty_page_pool(t, NUM_PAGES), np.arange(1, 4, dtype=np.int64)[None]
+    logits, pool = run_function(m.module, "prefill", [np.array([prompt]), np.array([len(prompt)]), table, pool], store)
+    out, pos = [logits[0]], len(prompt)
+    for _ in range(STEPS):
+        logits, pool = run_function(m.module, "decode", [logits.argmax(-1), np.array([pos]), table, pool], store)
+        out.append(logits[0])
+        pos += 1
+    return out
+
+
+@needs_vnni
+def test_w8a8_prefill_and_decode_at_batch_1_4_and_5_match_the_interpreter(checkpoint, tmp_path):
+    art = tmp_path / "art"
+    compile_checkpoint(CompileOptions(checkpoint, art, opt_level=3, page_size=PAGE, **W8A8), progress=None)
+    engine = Engine(art, num_pages=NUM_PAGES)
+    refs = [_reference(checkpoint, p) for p in PROMPTS]
+    tables = np.arange(1, 1 + 3 * len(PROMPTS), dtype=np.int64).reshape(len(PROMPTS), 3)
+    # decode_b1 one request at a time; decode_b4 four together; the dynamic decode all five
+    for groups in ([[i] for i in range(len(PROMPTS))], [[0, 1, 2, 3]], [[0, 1, 2, 3, 4]]):
+        for rows in groups:
+            first = [engine.prefill(np.array([PROMPTS[i]]), np.array([len(PROMPTS[i])]), tables[i:i + 1])[0]
+                     for i in rows]
+            got = {i: [f] for i, f in zip(rows, first)}
+            pos = np.array([len(PROMPTS[i]) for i in rows])
+            for _ in range(STEPS):
+                tokens = np.array([got[i][-1].argmax() for i in rows])
+                logits = engine.decode(tokens, pos, tables[rows])
+                for j, i in enumerate(rows):
+                    got[i].append(logits[j])
+                pos += 1
+            for i in rows:
+                assert [int(g.argmax()) for g in got[i]] == [int(r.argmax()) for r in refs[i]], (rows, i)
+                for g, r in zip(got[i], refs[i]):
+                    np.testing.assert_allclose(g, r, atol=2e-4 * max(1.0, np.abs(r).max()), rtol=0)
