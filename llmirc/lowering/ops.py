@@ -24,8 +24,7 @@ class LoweringError(LlmircError):
 class ModuleState(Protocol):
     num_devices: int
     globals: dict  # weight name (one device) -> (global symbol, tensor type, device)
-    weight_names: dict[str, str]  # one device: SSA name of a weight load -> weight name
-    vnni_loads: dict[str, tuple[int, int]]  # SSA names of loads of weights stored for vnni.py -> [N, K]
+    vnni_loads: dict[str, str]  # SSA names of loads of weights stored for vnni.py -> weight name
 
     def load_weight(self, e: Emitter, name: str, t: TensorT) -> TV: ...
 

@@ -75,8 +75,8 @@ def lower_to_iree(module: ir.Module, *, attention: str = "decomposed", buckets: 
     `extend_r{R}` (row_chunk_functions): the same functions with those linears computed R rows
     at a time with the rows static (ops.in_row_chunks), for calls of at least R token rows
     (B x T); IREE's CPU data tiling is 1.5-1.7x faster on f16 weights with a static M.
-    vnni: the target CPU has AVX512-VNNI: w8a8's products of at most 8 static rows (the
-    decode_b{B} functions) use the hand-written dispatch of lowering/vnni.py.
+    vnni: the target CPU has AVX512-VNNI: every w8a8 product whose weight `stored_vnni`
+    picks (the archive stores it packed) uses the hand-written dispatch of lowering/vnni.py.
     A module with `llm.num_devices = N` (shard-tp) lowers to one module for the N devices
     `@__device_0..N-1` (see the module docstring); iree-compile must then get N target
     devices (TargetProfile.compile_flags(num_devices=N)).
@@ -151,9 +151,8 @@ class _ModuleLowering:
         self._loads: dict = {}  # per function: globals key (weight name, or (name, device)) -> loaded value
         self.stored_transposed = stored_transposed(module)  # weights the archive holds [in, out]
         self.transposed: set[str] = set()  # SSA names of loads of those (quantized.py reads them as such)
-        self.weight_names: dict[str, str] = {}  # one device: SSA name of a weight load -> weight name
         self.stored_vnni = stored_vnni(module) if options.get("vnni") else set()  # weights packed for vnni.py
-        self.vnni_loads: dict[str, tuple[int, int]] = {}  # SSA names of loads of those -> their [N, K]
+        self.vnni_loads: dict[str, str] = {}  # SSA names of loads of those -> weight name
         # module-level ops a lowering adds (vnni.py: executables, initialized globals): key -> (symbol, lines)
         self.module_ops: dict[object, tuple[str, list[str]]] = {}
 
@@ -207,11 +206,9 @@ class _ModuleLowering:
             dims = packed_dims(*t.shape) if name in self.stored_vnni else tuple(t.shape)
             self._loads[key] = TV(e.v(f"util.global.load {sym} : {ttext}", "w"), dims, t.dtype)
             if name in self.stored_vnni:
-                self.vnni_loads[self._loads[key].name] = tuple(t.shape)
+                self.vnni_loads[self._loads[key].name] = name
             if name in self.stored_transposed:
                 self.transposed.add(self._loads[key].name)
-            if self.num_devices == 1:
-                self.weight_names[self._loads[key].name] = name
         return self._loads[key]
 
     def define(self, key: object, base: str, make: Callable[[str, Emitter], list[str]]) -> str:

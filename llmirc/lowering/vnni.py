@@ -76,6 +76,11 @@ def packed_dims(n: int, k: int) -> tuple[int, int, int]:
     return (n // LANES, k // DEPTH, LANES * DEPTH)
 
 
+def unpacked_dims(dims: tuple) -> tuple[int, int]:
+    """[n, k] of a weight stored as packed_dims(n, k)."""
+    return (dims[0] * LANES, dims[1] * DEPTH)
+
+
 def packed_type(n: int, k: int) -> str:
     return tensor_type(packed_dims(n, k), "i8")
 
