@@ -109,6 +109,7 @@ def accuracy_table(tmp: Path) -> str:
     variants = {"f32": {}, "int8 (g128, sym)": {"quantize": "int8"}, "int4 (g128, sym)": {"quantize": "int4"},
                 "int4 (g32, asym)": {"quantize": "int4", "group_size": 32, "symmetric": False},
                 "w8a8 (two planes on down_proj)": {"quantize": "w8a8"},
+                "w4a8 (g128, int8 activation groups)": {"quantize": "w4a8"},
                 "w4a16 (g128, int16 activations)": {"quantize": "w4a16"},
                 "f16": {"dtype": "f16"}, "bf16": {"dtype": "bf16"}}
     logits = {}

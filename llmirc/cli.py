@@ -96,9 +96,10 @@ def main() -> None:
                    "norm and lm_head), one module and one KV pool per stage, each stage on its own device "
                    "(cpu: N local devices, cuda/rocm: N GPUs; docs/parallel.md).")
 @click.option("--passes", help="Custom pipeline replacing -O's, e.g. 'blockify-kv-cache{block_size=32}'.")
-@click.option("--quantize", metavar="int8|int4|w8a8|w4a16", help="Store linear weights group-quantized; w8a8 "
-              "(int8 weights) and w4a16 (int4 weights) also quantize activations per token, to int8 and int16, "
-              "for integer matmuls (docs/quantization.md).")
+@click.option("--quantize", metavar="int8|int4|w8a8|w4a8|w4a16", help="Store linear weights group-quantized; "
+              "int8/int4 are weight-only; w8a8 (int8 weights) and w4a16 (int4 weights) also quantize activations "
+              "per token, to int8 and int16, and w4a8 (int4 weights) to int8 per token and group, for integer "
+              "matmuls (docs/quantization.md).")
 @click.option("--group-size", type=click.IntRange(1), help="With --quantize: in-features per scale (default 128; a "
               "layer it does not divide takes the largest divisor below; manifest records each layer's; w8a8 "
               "linears have one scale per output channel, only MoE experts use it).")

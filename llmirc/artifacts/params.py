@@ -56,13 +56,13 @@ def encode_param(array: np.ndarray, dtype: str, transposed: bool = False, vnni: 
     """A weight as the archive stores it for an IR element type: i4 packed two per byte,
     bf16 as its 16-bit patterns (rounded to nearest even), others as that numpy dtype;
     `transposed` (a 2-D weight of a quantized matmul, see lowering/quantized.py) stores it [in, out];
-    `vnni` (w8a8 values on a VNNI CPU, lowering/vnni.py) in that kernel's [N/16, K/4, 64]."""
+    `vnni` (w8a8 / w4a8 weights on a VNNI CPU, lowering/vnni.py) in that kernel's order."""
+    if vnni:
+        from llmirc.lowering.vnni import pack_stored
+
+        return pack_stored(array, dtype)
     if transposed:
         array = np.ascontiguousarray(np.asarray(array).T)
-    if vnni:
-        from llmirc.lowering.vnni import pack_weight
-
-        array = pack_weight(np.asarray(array, np.int8))
     if dtype == "i4":
         return pack_int4(array)
     if dtype == "bf16":

@@ -284,9 +284,12 @@ def _dequantize(a, q, scales, zeros=None):
 
 @impl("quantized_matmul")
 def _quantized_matmul(a, x, q, scales, zeros=None):
-    if a.get("act_bits") and a["bits"] == 4:  # w4a16: one int16 plane
+    if a.get("act_bits") == 16 and a["bits"] == 4:  # w4a16: one int16 plane
         q16, s16 = act_quantize_rows(x, 16)
         x = q16.astype(np.float32) * s16
+    elif a.get("act_bits") and a["bits"] == 4:  # w4a8: int8 per row and group of the weight's
+        x8, s8 = act_quantize_rows(np.asarray(x, np.float32).reshape(*x.shape[:-1], -1, a["group_size"]))
+        x = (x8.astype(np.float32) * s8).reshape(x.shape)
     elif a.get("act_bits"):
         x = sum(p.astype(np.float32) * s for p, s in act_planes(x, a["act_bits"] // 8))
     return x @ _dequantize(a, q, scales, zeros).T

@@ -420,8 +420,7 @@ def _quantized_matmul(ts: Types, attrs: Attrs):
     _check_q(q, s, ts[3] if len(ts) > 3 else None, attrs)
     if attrs["act_bits"]:
         expect(len(ts) < 4 or ts[3] is None, "act_bits takes symmetric weights (no zero points)")
-        expect(attrs["bits"] == 8 or (attrs["bits"] == 4 and attrs["act_bits"] == 16),
-               "act_bits takes int8 weights (8 or 16), or int4 weights with 16")
+        expect(attrs["bits"] == 8 or attrs["bits"] == 4, "act_bits takes int8 or int4 weights")
     _last_dim(x, q.shape[1], "input vs weight [out, in]")
     return (TensorT(x.shape[:-1] + (q.shape[0],), x.dtype),)
 
@@ -437,8 +436,9 @@ register(OpSpec(
     "is first quantized to int8 with its own scale (max |x| / 127, round half to even), so the "
     "product is an integer one (int8 x int8 -> int32) scaled after. act_bits 16 on int8 weights: "
     "two int8 planes, the row's int8 form and the int8 form of what it missed, each with its own "
-    "scale; on int4 weights (w4a16): one int16 plane (max |x| / 32767), the form IREE's int16 x "
-    "uint4 kernels take.",
+    "scale. On int4 weights act_bits 8 (w4a8) quantizes each group of `group_size` in-features of "
+    "a row to int8 with its own scale (an integer product per group, scaled after); act_bits 16 "
+    "(w4a16): one int16 plane (max |x| / 32767), the form IREE's int16 x uint4 kernels take.",
     operands=(Operand("input", "float"), Operand("values", "int", 2), Operand("scales", "float", 2),
               Operand("zero_points", "int", 2, optional=True)),
     attrs=_QATTRS + (Attr("act_bits", "i64", 0, choices=(0, 8, 16)),), infer=_quantized_matmul))

@@ -60,13 +60,16 @@ def stage1_cpu_tiles(n: int, grouped: bool, rows: tuple[int, int] = (1, 1)) -> s
             "pipeline = #iree_cpu.pipeline<DoubleTilingExpert>>>")
 
 
+def _int_attr(op: ir.Operation, name: str) -> int:
+    return ir.IntegerAttr(op.attributes[name]).value if name in op.attributes else 0
+
+
 def _weight_only_use(user: ir.Operation, operand: int) -> bool:
     """Read as a weight-only (or w4a16) quantized_matmul's values / scales / zero points (w8a8
-    reads its values [out, in] as stored)."""
+    and w4a8 read theirs [out, ...] as stored)."""
     if user.name != "llm.quantized_matmul" or operand not in QUANTIZED_OPERANDS:
         return False
-    act = user.attributes["act_bits"] if "act_bits" in user.attributes else None
-    return act is None or ir.IntegerAttr(act).value == 0 or ir.IntegerAttr(user.attributes["bits"]).value == 4
+    return _int_attr(user, "act_bits") in (0, 16 if _int_attr(user, "bits") == 4 else 0)
 
 
 def _weights_read_only(module: ir.Module, read: Callable[[ir.Operation, int, tuple], bool]) -> set[str]:
@@ -95,21 +98,26 @@ def stored_transposed(module: ir.Module) -> set[str]:
     return _weights_read_only(module, lambda user, operand, _: _weight_only_use(user, operand))
 
 
-def _w8a8_values(user: ir.Operation, operand: int, shape: tuple) -> bool:
-    """Read as a w8a8 quantized_matmul's values, [N, K] both multiples of vnni.ALIGN."""
-    if user.name != "llm.quantized_matmul" or operand != 1 or "act_bits" not in user.attributes:
+def _vnni_operand(user: ir.Operation, operand: int, shape: tuple) -> bool:
+    """Read as a w8a8 quantized_matmul's values, [N, K] both multiples of vnni.ALIGN, or as a
+    w4a8 one's values or scales where vnni.int4_fits its [N, K] and group size."""
+    if user.name != "llm.quantized_matmul" or _int_attr(user, "act_bits") not in (8, 16):
         return False
-    return (ir.IntegerAttr(user.attributes["act_bits"]).value > 0 and ir.IntegerAttr(user.attributes["bits"]).value == 8
-            and len(shape) == 2 and all(d % vnni.ALIGN == 0 for d in shape))
+    if _int_attr(user, "bits") == 8:
+        return operand == 1 and len(shape) == 2 and all(d % vnni.ALIGN == 0 for d in shape)
+    n, k = from_mlir(user.operands[1].type).shape
+    return (_int_attr(user, "act_bits") == 8 and operand in (1, 2)
+            and vnni.int4_fits(n, k, _int_attr(user, "group_size")))
 
 
 def stored_vnni(module: ir.Module) -> set[str]:
-    """Names of the weights stored in the VNNI kernel's layout when the target has VNNI
-    (lowering/vnni.py): read only as w8a8 values, [N, K] with both multiples of vnni.ALIGN, in
-    a one-device module. The lowering and the archive writer both use this rule."""
+    """Names of the weights stored in a VNNI kernel's layout when the target has VNNI
+    (lowering/vnni.py): read only as w8a8 values ([N, K] both multiples of vnni.ALIGN) or w4a8
+    values and scales (vnni.int4_fits), in a one-device module. The lowering and the archive
+    writer both use this rule."""
     if NUM_DEVICES in module.operation.attributes:
         return set()
-    return _weights_read_only(module, _w8a8_values)
+    return _weights_read_only(module, _vnni_operand)
 
 
 def _transposed(e: Emitter, op: LOp, v: TV) -> TV:
@@ -137,6 +145,8 @@ I16_LIMIT = 32767.0
 def quantized_matmul(e: Emitter, op: LOp) -> list[TV]:
     if act_quantized(op):
         return [_integer_matmul(e, op)]
+    if op.attrs.get("act_bits") == 8 and op.operands[1].name in op.module.vnni_loads:
+        return [_w4a8_vnni(e, op)]
     x, q, s, z = (op.operands + [None, None])[:4]
     g, ft = op.attrs["group_size"], x.dtype
     if ft != "f32" or s.dtype != "f32":
@@ -152,7 +162,9 @@ def quantized_matmul(e: Emitter, op: LOp) -> list[TV]:
                             f"i4 vector), got {n}")
     x2 = _as_2d(e, x)
     m = x2.dims[0]
-    if op.attrs.get("act_bits"):  # w4a16: the input on its int16 grid
+    if op.attrs.get("act_bits") == 8:  # w4a8 without its VNNI kernel: the input on its int8 grid
+        x2 = _int8_group_grid(e, x2, g)
+    elif op.attrs.get("act_bits"):  # w4a16: the input on its int16 grid
         amax = _row_abs_max(e, m, ft, [(x2, ["d0", "d1"])])
         if (op.options.get("backend") == "llvm-cpu" and isinstance(m, int) and m <= W4A16_INTEGER_ROWS
                 and zt is None and g % W4A16_GROUP_MULTIPLE == 0):
@@ -272,6 +284,63 @@ def _int16_grid(e: Emitter, x2: TV, amax: TV) -> TV:
         return [e.v(f"arith.mulf {_int16_steps(e, a[0], a[1], ft)}, {step} : {ft}")]
 
     return e.generic(2, [(x2, ["d0", "d1"]), (amax, ["d0"])], [(e.empty(x2.dims, ft), ["d0", "d1"])], body)[0]
+
+
+def _group_int8(e: Emitter, x2: TV, g: int) -> tuple[TV, TV]:
+    """x2 [m, k] -> (xq [m, k/g, g] i8, amax [m, k/g]): each group of each row on its own int8
+    grid (the interpreter's act_quantize_rows on the groups)."""
+    ft = x2.dtype
+    m, k = x2.dims
+    x3 = _group_split(e, x2, g)
+    abs_max = lambda a: [e.v(f"arith.maximumf {e.v(f'math.absf {a[0]} : {ft}')}, {a[1]} : {ft}")]  # noqa: E731
+    amax = e.generic(3, [(x3, ["d0", "d1", "d2"])], [(e.filled((m, k // g), ft, 0.0), ["d0", "d1"])], abs_max,
+                     reductions=(2,))[0]
+    c127, tiny = e.const(127.0, ft), e.const(ACT_TINY, ft)
+    xq = e.generic(3, [(x3, ["d0", "d1", "d2"]), (amax, ["d0", "d1"])], [(e.empty(x3.dims, "i8"), ["d0", "d1", "d2"])],
+                   lambda a: [e.v(f"arith.fptosi {_grid_steps(e, a[0], a[1], c127, tiny, ft)} : {ft} to i8")])[0]
+    return xq, amax
+
+
+def _int8_group_grid(e: Emitter, x2: TV, g: int) -> TV:
+    """w4a8 where there is no VNNI kernel: x on its groups' int8 grids, in f32 (xq * max|x| / 127),
+    then the weight-only kernel."""
+    ft = x2.dtype
+    xq, amax = _group_int8(e, x2, g)
+
+    def body(a):
+        step = e.v(f"arith.divf {a[1]}, {e.const(127.0, ft)} : {ft}")
+        return [e.v(f"arith.mulf {e.v(f'arith.sitofp {a[0]} : i8 to {ft}')}, {step} : {ft}")]
+
+    grid = e.generic(3, [(xq, ["d0", "d1", "d2"]), (amax, ["d0", "d1"])], [(e.empty(xq.dims, ft), ["d0", "d1", "d2"])],
+                     body)[0]
+    return e.collapse(grid, [[0], [1, 2]])
+
+
+def _w4a8_vnni(e: Emitter, op: LOp) -> TV:
+    """w4a8 through lowering/vnni.py's int4 kernel: y[m, n] = sum_grp float(sum_i xq * q) *
+    xs[m, grp] * s[n, grp], xq the int8 groups of x with scales xs = max|x| / 127; the kernel
+    takes xc = 8 x the groups' sums of xq, since it multiplies u = q + 8."""
+    x, q, s = op.operands[:3]
+    ft, g = x.dtype, op.attrs["group_size"]
+    if ft != "f32" or s.dtype != "f32":
+        raise LoweringError(f"w4a8 quantized_matmul takes f32 input and scales, got {ft} and {s.dtype}")
+    n, k = vnni.int4_unpacked_dims(q.dims)
+    x2 = _as_2d(e, x)
+    m = x2.dims[0]
+    xq, amax = _group_int8(e, x2, g)
+    xs = e.generic(2, [(amax, ["d0", "d1"])], [(e.empty(amax.dims, ft), ["d0", "d1"])],
+                   lambda a: [e.v(f"arith.divf {a[0]}, {e.const(127.0, ft)} : {ft}")])[0]
+    def times8(a):  # a: xq, acc
+        wide = e.v(f"arith.extsi {a[0]} : i8 to i32")
+        eight = e.v(f"arith.shli {wide}, {e.const(3, 'i32')} : i32")
+        return [e.v(f"arith.addi {eight}, {a[1]} : i32")]
+
+    xc = e.generic(3, [(xq, ["d0", "d1", "d2"])], [(e.filled(amax.dims, "i32", 0), ["d0", "d1"])], times8,
+                   reductions=(2,))[0]
+    kern = vnni.int4_plan(m if isinstance(m, int) else None, k, n, g)
+    exe = op.module.define(("vnni4", kern), kern.name, lambda sym, _: vnni.int4_executable_text(kern, sym))
+    y = vnni.int4_product(e, e.collapse(xq, [[0], [1, 2]]), xs, xc, kern, exe, q.name, s.name)
+    return _from_2d(e, y, op.result_dims(0, x.dims[:-1] + (n,))[:-1])
 
 
 def _w4a16_integer(e: Emitter, x2: TV, amax: TV, qt: TV, st: TV, g: int) -> TV:

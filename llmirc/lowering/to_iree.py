@@ -38,7 +38,7 @@ from . import kv as _kv  # noqa: F401  (registers the paged-KV lowerings)
 from . import moe as _moe  # noqa: F401  (registers the mixture-of-experts lowerings)
 from .devices import DEVICE_PREFIX, affinity, transfer
 from .quantized import stored_transposed, stored_vnni
-from .vnni import packed_dims, packed_type
+from .vnni import stored_dims
 from .emitter import TV, Emitter, string_literal, symbol_ref, tensor_type
 from ..pipelines.shard_tp import ARG_DEVICES, EVERY, NUM_DEVICES, PLACEMENT
 from .kv import STRATEGIES
@@ -75,7 +75,7 @@ def lower_to_iree(module: ir.Module, *, attention: str = "decomposed", buckets: 
     `extend_r{R}` (row_chunk_functions): the same functions with those linears computed R rows
     at a time with the rows static (ops.in_row_chunks), for calls of at least R token rows
     (B x T); IREE's CPU data tiling is 1.5-1.7x faster on f16 weights with a static M.
-    vnni: the target CPU has AVX512-VNNI: every w8a8 product whose weight `stored_vnni`
+    vnni: the target CPU has AVX512-VNNI: every w8a8 and w4a8 product whose weights `stored_vnni`
     picks (the archive stores it packed) uses the hand-written dispatch of lowering/vnni.py.
     A module with `llm.num_devices = N` (shard-tp) lowers to one module for the N devices
     `@__device_0..N-1` (see the module docstring); iree-compile must then get N target
@@ -193,7 +193,8 @@ class _ModuleLowering:
     def load_weight(self, e: Emitter, name: str, t: TensorT) -> TV:
         if name in self.stored_transposed:
             t = TensorT(tuple(reversed(t.shape)), t.dtype)
-        ttext = packed_type(*t.shape) if name in self.stored_vnni else tensor_type(t.shape, t.dtype)
+        dims, dtype = stored_dims(t.shape, t.dtype) if name in self.stored_vnni else (tuple(t.shape), t.dtype)
+        ttext = tensor_type(dims, dtype)
         # Several devices: one global per (weight, device that reads it), pinned there.
         key = name if self.num_devices == 1 else (name, self.device)
         if key not in self.globals:
@@ -203,8 +204,7 @@ class _ModuleLowering:
         if known != ttext:
             raise LoweringError(f"weight '{name}' is used as {known} and as {ttext}")
         if key not in self._loads:
-            dims = packed_dims(*t.shape) if name in self.stored_vnni else tuple(t.shape)
-            self._loads[key] = TV(e.v(f"util.global.load {sym} : {ttext}", "w"), dims, t.dtype)
+            self._loads[key] = TV(e.v(f"util.global.load {sym} : {ttext}", "w"), dims, dtype)
             if name in self.stored_vnni:
                 self.vnni_loads[self._loads[key].name] = name
             if name in self.stored_transposed:

@@ -190,30 +190,297 @@ def column_sums_text(e: Emitter, n: int, k: int, weight: tuple[str, str], sym: s
             + [f"  util.global.store {value.name}, {sym} : {value.type}", "  util.return", "}"])
 
 
+def _rows_padded(e: Emitter, m, block: int) -> tuple[str, str]:
+    """(m, m rounded up to a multiple of `block`) as index SSA values (the same one when m is a
+    static multiple)."""
+    mv = e.dim_value(m)
+    if isinstance(m, int) and m % block == 0:
+        return mv, mv
+    c = e.idx(block)
+    return mv, e.v(f"arith.muli {e.v(f'arith.ceildivui {mv}, {c} : index')}, {c} : index", "d")
+
+
+def _dynamic_rows(e: Emitter, v: TV, mv: str, mp: str) -> tuple[str, str]:
+    """v [m, c] as a [?, c] tensor of mp rows (zero rows appended when mp > m) and its type."""
+    dyn = tensor_type(("?",) + v.dims[1:], v.dtype)
+    x = e.v(f"tensor.cast {v.name} : {v.type} to {dyn}") if isinstance(v.dims[0], int) else v.name
+    if mp == mv:
+        return x, dyn
+    pad, zero, x_in, x = e.v(f"arith.subi {mp}, {mv} : index", "d"), e.const(0, v.dtype), x, e.fresh("pad")
+    e.emit(f"{x} = tensor.pad {x_in} low[0, 0] high[{pad}, 0] {{")
+    e.emit(f"^bb0({x}i: index, {x}j: index):")
+    e.emit(f"  tensor.yield {zero} : {v.dtype}")
+    e.emit(f"}} : {dyn} to {dyn}")
+    return x, dyn
+
+
+def _static_rows(e: Emitter, raw: str, m, mv: str, mp: str, n: int, dtype: str) -> TV:
+    """The [mp, n] result of a dispatch cut back to its m rows, static again where m is."""
+    yt = tensor_type(("?", n), dtype)
+    if mp != mv:
+        raw = e.v(f"tensor.extract_slice {raw}[0, 0] [{mv}, {n}] [1, 1] : {yt} to {yt}", "s")
+    if isinstance(m, int):
+        raw = e.v(f"tensor.cast {raw} : {yt} to {tensor_type((m, n), dtype)}")
+    return TV(raw, (m, n), dtype)
+
+
 def product(e: Emitter, xu: TV, kern: Kernel, executable: str, packed: str, sums: str) -> TV:
     """int32 [m, n] = xq x w^T from xu = xq XOR 0x80 [m, k] (the packed weight and the column
     sums as loaded in this function); rows padded to the kernel's block and sliced back."""
     m = xu.dims[0]
-    dyn = tensor_type(("?", kern.k), "i8")
-    x = e.v(f"tensor.cast {xu.name} : {xu.type} to {dyn}") if isinstance(m, int) else xu.name
-    mv = mp = e.dim_value(m)
-    if not (isinstance(m, int) and m % kern.rows == 0):
-        c = e.idx(kern.rows)
-        mp = e.v(f"arith.muli {e.v(f'arith.ceildivui {mv}, {c} : index')}, {c} : index", "d")
-        pad, zero, x_in, x = e.v(f"arith.subi {mp}, {mv} : index", "d"), e.const(0, "i8"), x, e.fresh("pad")
-        e.emit(f"{x} = tensor.pad {x_in} low[0, 0] high[{pad}, 0] {{")
-        e.emit(f"^bb0({x}i: index, {x}j: index):")
-        e.emit(f"  tensor.yield {zero} : i8")
-        e.emit(f"}} : {dyn} to {dyn}")
+    mv, mp = _rows_padded(e, m, kern.rows)
+    x, dyn = _dynamic_rows(e, xu, mv, mp)
     yt = tensor_type(("?", kern.n), "i32")
     raw = e.v(f"flow.dispatch {executable}::{executable}({x}, {packed}, {mp}) : "
               f"({dyn}{{{mp}}}, {kern.packed_type}, index) -> {yt}{{{mp}}}", "vnni")
-    if mp != mv:
-        raw = e.v(f"tensor.extract_slice {raw}[0, 0] [{mv}, {kern.n}] [1, 1] : {yt} to {yt}", "s")
-    out_t = tensor_type((m, kern.n), "i32")
-    if isinstance(m, int):
-        raw = e.v(f"tensor.cast {raw} : {yt} to {out_t}")
+    prod = _static_rows(e, raw, m, mv, mp, kern.n, "i32")
     sums_tv = TV(sums, (kern.n,), "i32")
-    return e.generic(2, [(TV(raw, (m, kern.n), "i32"), ["d0", "d1"]), (sums_tv, ["d1"])],
+    return e.generic(2, [(prod, ["d0", "d1"]), (sums_tv, ["d1"])],
                      [(e.empty((m, kern.n), "i32"), ["d0", "d1"])],
                      lambda a: [e.v(f"arith.subi {a[0]}, {a[1]} : i32")])[0]
+
+
+# ---- w4a8: int4 weights in groups x int8 activations per group ---------------------------------
+
+UNROLL = 4  # byte-vectors a step of the loop over a group (fewer loop branches; measured no slower than 1)
+INT4_DEPTH = 8  # in-features a stored byte-vector covers: two nibbles of 4
+
+
+@dataclass(frozen=True)
+class Int4Kernel:
+    """One w4a8 dispatch shape: xq [m, k] (s8, one scale per row and group) x w [n, k] (int4
+    stored as u = q + 8 two per byte, one f32 scale per column and group) -> y [m, n] f32,
+    in blocks of `rows` x `tiles` 16-column tiles; chains 2 keeps the low and high nibbles'
+    sums apart (two accumulators a row and tile) for few rows."""
+
+    rows: int
+    tiles: int
+    chains: int
+    k: int
+    n: int
+    group: int
+
+    blocks = Kernel.blocks
+    blocks_per_workgroup = Kernel.blocks_per_workgroup
+
+    @property
+    def groups(self) -> int:
+        return self.k // self.group
+
+    @property
+    def packed_type(self) -> str:
+        return tensor_type(int4_packed_dims(self.n, self.k), "i8")
+
+    @property
+    def scales_type(self) -> str:
+        return tensor_type(scales_packed_dims(self.n, self.groups), "f32")
+
+    @property
+    def name(self) -> str:
+        return f"vnni4_{self.rows}x{self.tiles}x{self.chains}_k{self.k}_n{self.n}_g{self.group}"
+
+
+def int4_packed_dims(n: int, k: int) -> tuple[int, int, int]:
+    """The stored shape of an int4 [n, k] weight: [n/16, k/8, 64] bytes."""
+    return (n // LANES, k // INT4_DEPTH, LANES * DEPTH)
+
+
+def scales_packed_dims(n: int, groups: int) -> tuple[int, int, int]:
+    """The stored shape of [n, groups] scales: [n/16, groups, 16] (a tile's 16 columns a vector)."""
+    return (n // LANES, groups, LANES)
+
+
+def int4_fits(n: int, k: int, group: int) -> bool:
+    """The w4a8 kernel takes [n, k] in groups of `group`: whole tiles and whole byte-vectors."""
+    return n % LANES == 0 and group % INT4_DEPTH == 0 and k % group == 0
+
+
+def int4_plan(rows: object, k: int, n: int, group: int) -> Int4Kernel:
+    """The w4a8 kernel for `rows` rows (an int, or a dynamic dim): few static rows in one block
+    (two chains below 4 rows), else 4-row x 2-tile blocks, the rows padded to 4."""
+    if not int4_fits(n, k, group):
+        raise ValueError(f"a w4a8 VNNI product needs N a multiple of {LANES} and groups of a multiple of "
+                         f"{INT4_DEPTH}, got N {n}, K {k}, group {group}")
+    if isinstance(rows, int) and rows <= FEW_ROWS:
+        return Int4Kernel(rows, 1, 2 if rows < 4 else 1, k, n, group)
+    return Int4Kernel(ROW_BLOCK, 2 if (n // LANES) % 2 == 0 else 1, 1, k, n, group)
+
+
+def pack_int4_weight(q: np.ndarray) -> np.ndarray:
+    """int4 values [n, k] (-8..7) -> [n/16, k/8, 64] bytes: byte 4 * lane + p of vector (tile, j)
+    holds u[n, 8j + p] in its low nibble and u[n, 8j + 4 + p] in its high one, u = q + 8."""
+    n, k = q.shape
+    u = (np.asarray(q, np.int16) + 8).astype(np.uint8).reshape(n // LANES, LANES, k // INT4_DEPTH, 2, DEPTH)
+    u = u.transpose(0, 2, 3, 1, 4)  # tile, j, half, lane, p
+    return np.ascontiguousarray(u[:, :, 0] | (u[:, :, 1] << 4)).reshape(n // LANES, k // INT4_DEPTH,
+                                                                        LANES * DEPTH).view(np.int8)
+
+
+def pack_scales(s: np.ndarray) -> np.ndarray:
+    """f32 [n, groups] -> [n/16, groups, 16]."""
+    n, groups = s.shape
+    return np.ascontiguousarray(np.asarray(s, np.float32).reshape(n // LANES, LANES, groups).transpose(0, 2, 1))
+
+
+def int4_unpacked_dims(dims: tuple) -> tuple[int, int]:
+    """[n, k] of an int4 weight stored as int4_packed_dims(n, k)."""
+    return (dims[0] * LANES, dims[1] * INT4_DEPTH)
+
+
+# What `stored_vnni` weights become, by their IR element type: w8a8 values (i8), w4a8 values
+# (i4, stored as bytes) and w4a8 scales (f32): (stored dims of the IR shape, stored type, packing)
+_STORED = {"i8": (lambda s: packed_dims(*s), "i8", lambda a: pack_weight(np.asarray(a, np.int8))),
+           "i4": (lambda s: int4_packed_dims(*s), "i8", pack_int4_weight),
+           "f32": (lambda s: scales_packed_dims(*s), "f32", pack_scales)}
+
+
+def stored_dims(shape: tuple, dtype: str) -> tuple[tuple[int, ...], str]:
+    """(dims, element type) in the archive of a weight of IR `shape` and `dtype` stored for a
+    VNNI kernel."""
+    dims, stored, _ = _STORED[dtype]
+    return dims(tuple(shape)), stored
+
+
+def pack_stored(array: np.ndarray, dtype: str) -> np.ndarray:
+    """A weight of IR element type `dtype` as the archive stores it for a VNNI kernel."""
+    return _STORED[dtype][2](array)
+
+
+def int4_executable_text(kern: Int4Kernel, sym: str) -> list[str]:
+    """`stream.executable` sym with export sym: (xq [m, k] s8, xs [m, groups] f32 (the rows'
+    scales), xc [m, groups] i32 (8 x each group's sum of xq), w packed, s packed, m) -> y [m, n]
+    f32 = sum_grp float(sum_k u * xq - xc) * xs * s, m a multiple of kern.rows.
+
+    For each group the int32 sums run over its k/8 byte-vectors: the low nibbles (u of 4
+    in-features) and the high ones (the next 4) times the broadcast 4 activation bytes of
+    each, one vpdpbusd apiece (u is the unsigned operand); then the group's scales fold the
+    sums into f32 accumulators that live across the groups."""
+    rb, tb, c, groups, steps = kern.rows, kern.tiles, kern.chains, kern.groups, kern.group // INT4_DEPTH
+    x_t, xs_t, xc_t, y_t = (f"memref<?x{kern.k}xi8>", f"memref<?x{groups}xf32>", f"memref<?x{groups}xi32>",
+                            f"memref<?x{kern.n}xf32>")
+    w_t = f"memref<{kern.n // LANES}x{kern.k // INT4_DEPTH}x{LANES * DEPTH}xi8>"
+    s_t = f"memref<{kern.n // LANES}x{groups}x{LANES}xf32>"
+    vec, fvec, bytes_ = f"vector<{LANES}xi32>", f"vector<{LANES}xf32>", f"vector<{LANES * DEPTH}xi8>"
+    iaccs = [(i, t, j) for i in range(rb) for t in range(tb) for j in range(c)]
+    faccs = [(i, t) for i in range(rb) for t in range(tb)]
+
+    def dot(acc: str, u: str, x: str) -> str:
+        return f'llvm.call_intrinsic "{INTRINSIC}"({acc}, {u}, {x}) : ({vec}, {bytes_}, {bytes_}) -> {vec}'
+
+    def one_step(u: int, acc: dict) -> tuple[list[str], dict]:
+        """In-features 8 (kk + u) .. + 7 of the group: the byte-vector of each tile, the two
+        activation words of each row; acc (row, tile, chain) -> SSA name in, the new ones out."""
+        lines = [f"%kbs{u} = arith.addi %kbk, %c{u} : index", f"%xo{u} = arith.muli %kbs{u}, %c{INT4_DEPTH} : index",
+                 f"%xh{u} = arith.addi %xo{u}, %c{DEPTH} : index"]
+        for t in range(tb):
+            lines += [f"%w{t}_{u} = vector.load %w[%tile{t}, %kbs{u}, %c0] : {w_t}, {bytes_}",
+                      f"%lo{t}_{u} = arith.andi %w{t}_{u}, %m15 : {bytes_}",
+                      f"%hi{t}_{u} = arith.shrui %w{t}_{u}, %s4 : {bytes_}"]
+        out = {}
+        for i in range(rb):
+            for half, off in (("l", f"%xo{u}"), ("h", f"%xh{u}")):
+                p = f"{half}{i}_{u}"
+                lines += [f"%x{p}b = vector.load %x[%row{i}, {off}] : {x_t}, vector<{DEPTH}xi8>",
+                          f"%x{p}w = vector.bitcast %x{p}b : vector<{DEPTH}xi8> to vector<1xi32>",
+                          f"%x{p}s = vector.broadcast %x{p}w : vector<1xi32> to {vec}",
+                          f"%x{p} = vector.bitcast %x{p}s : {vec} to {bytes_}"]
+            for t in range(tb):
+                a = f"{i}_{t}_{u}"
+                if c == 2:
+                    lines += [f"%n{a}_0 = {dot(acc[i, t, 0], f'%lo{t}_{u}', f'%xl{i}_{u}')}",
+                              f"%n{a}_1 = {dot(acc[i, t, 1], f'%hi{t}_{u}', f'%xh{i}_{u}')}"]
+                    out[i, t, 0], out[i, t, 1] = f"%n{a}_0", f"%n{a}_1"
+                else:
+                    lines += [f"%p{a} = {dot(acc[i, t, 0], f'%lo{t}_{u}', f'%xl{i}_{u}')}",
+                              f"%n{a}_0 = {dot(f'%p{a}', f'%hi{t}_{u}', f'%xh{i}_{u}')}"]
+                    out[i, t, 0] = f"%n{a}_0"
+        return lines, out
+
+    unroll = next(u for u in (UNROLL, 2, 1) if steps % u == 0)
+    step, acc = ["%kbk = arith.addi %kb0, %kk : index"], {a: f"%a{a[0]}_{a[1]}_{a[2]}" for a in iaccs}
+    for u in range(unroll):
+        lines, acc = one_step(u, acc)
+        step += lines
+    itypes, ftypes = ", ".join([vec] * len(iaccs)), ", ".join([fvec] * len(faccs))
+    fold = []  # the group's int32 sums into the f32 accumulators
+    for t in range(tb):
+        fold.append(f"%ws{t} = vector.load %s[%tile{t}, %grp, %c0] : {s_t}, {fvec}")
+    for i in range(rb):
+        fold += [f"%xc{i}s = memref.load %xc[%row{i}, %grp] : {xc_t}",
+                 f"%xc{i} = vector.broadcast %xc{i}s : i32 to {vec}",
+                 f"%xs{i}s = memref.load %xs[%row{i}, %grp] : {xs_t}",
+                 f"%xs{i} = vector.broadcast %xs{i}s : f32 to {fvec}"]
+        for t in range(tb):
+            a, total = f"{i}_{t}", f"%acc#{iaccs.index((i, t, 0))}"
+            if c == 2:
+                fold.append(f"%t{a} = arith.addi {total}, %acc#{iaccs.index((i, t, 1))} : {vec}")
+                total = f"%t{a}"
+            fold += [f"%d{a} = arith.subi {total}, %xc{i} : {vec}",
+                     f"%f{a} = arith.sitofp %d{a} : {vec} to {fvec}",
+                     f"%sc{a} = arith.mulf %xs{i}, %ws{t} : {fvec}",
+                     f"%ny{a} = math.fma %f{a}, %sc{a}, %y{a} : {fvec}"]
+    consts = [f"%c{v} = arith.constant {v} : index"
+              for v in sorted({0, 1, DEPTH, INT4_DEPTH, LANES} | set(range(max(rb, tb, UNROLL))))]
+    return ([f"stream.executable private {sym} {{",
+             f"  stream.executable.export public {sym} workgroups() -> (index, index, index) {{",
+             f"    %g = arith.constant {kern.blocks // kern.blocks_per_workgroup} : index",
+             "    %one = arith.constant 1 : index",
+             "    stream.return %g, %one, %one : index, index, index",
+             "  }",
+             "  builtin.module {",
+             f"    func.func {sym}(%bx: !stream.binding, %bxs: !stream.binding, %bxc: !stream.binding, "
+             f"%bw: !stream.binding, %bs: !stream.binding, %m: index, %by: !stream.binding) {{"]
+            + [f"      {line}" for line in consts]
+            + [f"      %cunroll = arith.constant {unroll} : index",
+               f"      %csteps = arith.constant {steps} : index",
+               f"      %cgroups = arith.constant {groups} : index",
+               f"      %crows = arith.constant {rb} : index",
+               f"      %ctiles = arith.constant {tb} : index",
+               f"      %cper = arith.constant {kern.blocks_per_workgroup} : index",
+               f"      %zero = arith.constant dense<0> : {vec}",
+               f"      %fzero = arith.constant dense<0.0> : {fvec}",
+               f"      %m15 = arith.constant dense<15> : {bytes_}",
+               f"      %s4 = arith.constant dense<4> : {bytes_}",
+               "      %wg = hal.interface.workgroup.id[0] : index",
+               f"      %x = stream.binding.subspan %bx[%c0] : !stream.binding -> {x_t}{{%m}}",
+               f"      %xs = stream.binding.subspan %bxs[%c0] : !stream.binding -> {xs_t}{{%m}}",
+               f"      %xc = stream.binding.subspan %bxc[%c0] : !stream.binding -> {xc_t}{{%m}}",
+               f"      %w = stream.binding.subspan %bw[%c0] : !stream.binding -> {w_t}",
+               f"      %s = stream.binding.subspan %bs[%c0] : !stream.binding -> {s_t}",
+               f"      %y = stream.binding.subspan %by[%c0] : !stream.binding -> {y_t}{{%m}}",
+               "      %b0 = arith.muli %wg, %cper : index",
+               "      scf.for %b = %c0 to %cper step %c1 {",
+               "        %block = arith.addi %b0, %b : index",
+               "        %tile = arith.muli %block, %ctiles : index"]
+            + [f"        %tile{t} = arith.addi %tile, %c{t} : index" for t in range(tb)]
+            + [f"        %col{t} = arith.muli %tile{t}, %c{LANES} : index" for t in range(tb)]
+            + ["        scf.for %r = %c0 to %m step %crows {"]
+            + [f"          %row{i} = arith.addi %r, %c{i} : index" for i in range(rb)]
+            + [f"          %out:{len(faccs)} = scf.for %grp = %c0 to %cgroups step %c1 iter_args("
+               + ", ".join(f"%y{i}_{t} = %fzero" for i, t in faccs) + f") -> ({ftypes}) {{",
+               "            %kb0 = arith.muli %grp, %csteps : index",
+               f"            %acc:{len(iaccs)} = scf.for %kk = %c0 to %csteps step %cunroll iter_args("
+               + ", ".join(f"%a{i}_{t}_{j} = %zero" for i, t, j in iaccs) + f") -> ({itypes}) {{"]
+            + [f"              {line}" for line in step]
+            + ["              scf.yield " + ", ".join(acc[a] for a in iaccs) + f" : {itypes}",
+               "            }"]
+            + [f"            {line}" for line in fold]
+            + ["            scf.yield " + ", ".join(f"%ny{i}_{t}" for i, t in faccs) + f" : {ftypes}",
+               "          }"]
+            + [f"          vector.store %out#{faccs.index((i, t))}, %y[%row{i}, %col{t}] : {y_t}, {fvec}"
+               for i, t in faccs]
+            + ["        }", "      }", "      return", "    }", "  }", "}"])
+
+
+def int4_product(e: Emitter, xq: TV, xs: TV, xc: TV, kern: Int4Kernel, executable: str, packed: str,
+                 scales: str) -> TV:
+    """f32 [m, n] from xq [m, k] s8, its scales xs and corrections xc [m, groups] (the packed
+    weight and scales as loaded in this function); rows padded to the kernel's block."""
+    m = xq.dims[0]
+    mv, mp = _rows_padded(e, m, kern.rows)
+    ins = [_dynamic_rows(e, v, mv, mp) for v in (xq, xs, xc)]
+    yt = tensor_type(("?", kern.n), "f32")
+    raw = e.v(f"flow.dispatch {executable}::{executable}({', '.join(x for x, _ in ins)}, {packed}, {scales}, {mp}) : "
+              f"({', '.join(f'{t}{{{mp}}}' for _, t in ins)}, {kern.packed_type}, {kern.scales_type}, index) "
+              f"-> {yt}{{{mp}}}", "vnni4")
+    return _static_rows(e, raw, m, mv, mp, kern.n, "f32")

@@ -21,6 +21,11 @@ product is an integer matmul (int8 x int8 -> int32). Linears matching `wide_act`
 W8A8_TWO_PLANES) get `act_bits = 16`: two int8 planes of their input (its int8 form and that of
 the residual), one integer product of twice the rows.
 
+w4a8 (`act_bits=8` on int4 weights): symmetric int4 weights in groups, and each group of a row
+of the input is quantized to int8 when it runs (one scale per row and group, as llama.cpp's
+Q4_0 x Q8_0 dot products): on a CPU with AVX512-VNNI an integer product per group
+(lowering/vnni.py); elsewhere the same numbers from the int8 grid in float.
+
 w4a16 (`act_bits=16` on int4 weights): symmetric int4 weights in groups, as int4, and each row
 of the input is quantized to int16 when it runs (one scale per row). The static-batch decode
 functions then take an integer product (int16 x uint4 -> int32 per group, IREE's s16u4s32
@@ -46,8 +51,10 @@ from ..dialect.types import TensorT, from_mlir
 from .pass_manager import PassError, PassSpec, register_pass
 from .rewrite import apply_patterns, attrs_of, operands_of, producer
 
-# w8a8: int8 weights per output channel, int8 activations per row; w4a16: int4 groups, int16 rows
-SCHEMES = {"int8": 8, "int4": 4, "w8a8": 8, "w4a16": 4}
+# w8a8: int8 weights per output channel, int8 activations per row; w4a8: int4 groups, int8 groups
+# of each row; w4a16: int4 groups, int16 rows
+SCHEMES = {"int8": 8, "int4": 4, "w8a8": 8, "w4a8": 4, "w4a16": 4}
+ACT_BITS = {"w8a8": 8, "w4a8": 8, "w4a16": 16}
 DEFAULT_KEEP = "embed|lm_head"  # "|"-separated: a pipeline text splits options at ","
 MIN_GROUP = 8
 # w8a8 gives these linears two int8 planes of their input: down_proj reads the gated MLP's
@@ -69,7 +76,7 @@ class QuantConfig:
     group_size: int = 128
     symmetric: bool = True
     keep: str = DEFAULT_KEEP
-    act_bits: int = 0  # 8: activations quantized per row too, integer matmuls (w8a8); 16 on int4: w4a16
+    act_bits: int = 0  # 8: activations to int8 too, integer matmuls (w8a8 per row, w4a8 per group); 16 on int4: w4a16
     wide_act: str = ""  # with act_bits: linears (name / location substrings) with two activation planes
 
     @classmethod
@@ -77,7 +84,7 @@ class QuantConfig:
               keep: str = DEFAULT_KEEP) -> "QuantConfig":
         if scheme not in SCHEMES:
             raise PassError(f"--quantize must be one of {', '.join(SCHEMES)}, got '{scheme}'")
-        act_bits, wide_act = {"w8a8": (8, W8A8_TWO_PLANES), "w4a16": (16, "")}.get(scheme, (0, ""))
+        act_bits, wide_act = ACT_BITS.get(scheme, 0), W8A8_TWO_PLANES if scheme == "w8a8" else ""
         config = cls(SCHEMES[scheme], group_size, symmetric, "|".join(keep_patterns(keep)), act_bits, wide_act)
         config.check()
         return config
@@ -89,8 +96,10 @@ class QuantConfig:
             raise PassError(f"quantize-weights: group size must be a positive integer, got {self.group_size}")
         if self.act_bits not in (0, 8, 16):
             raise PassError(f"quantize-weights: act_bits must be 0, 8 or 16, got {self.act_bits}")
-        if self.act_bits == 8 and (self.bits != 8 or not self.symmetric):
-            raise PassError("quantize-weights: w8a8 (act_bits 8) takes symmetric int8 weights; drop --asymmetric")
+        if self.act_bits == 8 and not self.symmetric:
+            raise PassError(f"quantize-weights: {self.scheme} (act_bits 8) takes symmetric weights; drop --asymmetric")
+        if self.wide_act and (self.act_bits != 8 or self.bits != 8):
+            raise PassError("quantize-weights: wide_act (two activation planes) is for w8a8 (int8 weights, act_bits 8)")
         if self.act_bits == 16 and (self.bits != 4 or not self.symmetric):
             raise PassError("quantize-weights: w4a16 (act_bits 16) takes symmetric int4 weights; drop --asymmetric")
         if self.act_bits == 16 and self.group_size > W4A16_MAX_GROUP:
@@ -99,7 +108,7 @@ class QuantConfig:
 
     @property
     def scheme(self) -> str:
-        return {8: "w8a8", 16: "w4a16"}.get(self.act_bits, f"int{self.bits}")
+        return {8: f"w{self.bits}a8", 16: "w4a16"}.get(self.act_bits, f"int{self.bits}")
 
     def pass_spec(self) -> PassSpec:
         spec = {"bits": self.bits, "group_size": self.group_size, "symmetric": self.symmetric, "keep": self.keep}

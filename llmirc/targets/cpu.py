@@ -36,7 +36,7 @@ def cpu_profile(variant: str) -> TargetProfile:
     # 8-layer hidden-512 benchmark; ukernels=all added nothing measurable and --iree-opt-level=O3
     # failed to compile ("operations with large vector sizes"), so neither is used.
     return TargetProfile("cpu", variant, "local", "local-task", tuple(flags), dtypes=("f32", "f16", "bf16"),
-                         quantize=("int8", "int4", "w8a8", "w4a16"), attention="decomposed", notes=note,
+                         quantize=("int8", "int4", "w8a8", "w4a8", "w4a16"), attention="decomposed", notes=note,
                          o3_flags=("--iree-opt-data-tiling=true",), o3_decode_batches=(1, 4),
                          # prefill's f16/bf16 linears in static 64-row chunks: 1.5-1.65x faster alone at
                          # 100-512 rows (benchmarks/matmul_kernels.py --prefill-rows), 100M prefill

@@ -93,7 +93,7 @@ class TargetProfile:
     notes: str = ""
     o3_flags: tuple[str, ...] = field(default=())  # extra iree-compile flags that measured faster
     integer_matmul_flags: tuple[str, ...] = field(default=())  # more flags for w8a8's i8 x i8 matmuls
-    vnni: bool = False  # x86 with AVX512-VNNI: w8a8 decode's products through lowering/vnni.py
+    vnni: bool = False  # x86 with AVX512-VNNI: w8a8 and w4a8 products through lowering/vnni.py
     # `#hal.device.target<...>` text put on the module (hal.device.targets) when IREE's own
     # target table lacks the variant (CUDA sm_90 in IREE 3.13: "missing GPU target").
     device_target_attr: str | None = None

@@ -1,5 +1,6 @@
-"""The AVX512-VNNI w8a8 product (llmirc/lowering/vnni.py): exact against numpy, and in a
-compiled w8a8 model (prefill; decode at batch 1, 4 and 5) against the interpreter.
+"""The AVX512-VNNI w8a8 and w4a8 products (llmirc/lowering/vnni.py): against numpy (w8a8's
+int32 product exact; w4a8's f32 result to rounding, its int32 group sums exact), and in a
+compiled w8a8 / w4a8 model (prefill; decode at batch 1, 4 and 5) against the interpreter.
 
 Running VNNI code needs a CPU that has it; on one without, the kernels are still compiled
 for a VNNI CPU (cpu:sapphirerapids) and the lowering's structure is checked, and the runs
@@ -21,7 +22,8 @@ from llmirc.dialect.types import from_mlir
 from llmirc.frontend import import_checkpoint
 from llmirc.lowering import compile_iree
 from llmirc.lowering.emitter import tensor_type
-from llmirc.lowering.vnni import FEW_ROWS, Kernel, executable_text, pack_weight, plan
+from llmirc.lowering.vnni import (FEW_ROWS, Kernel, executable_text, int4_executable_text, int4_plan,
+                                  pack_int4_weight, pack_scales, pack_weight, plan)
 from llmirc.pipelines import PassManager, QuantConfig, pipeline_for_level
 from llmirc.runtime import Engine
 from llmirc.targets import resolve
@@ -104,6 +106,96 @@ def test_kernels_exact_against_numpy():
         np.testing.assert_array_equal(got, want, err_msg=f"plan rows {r}, k {k}, n {n}, m {m}")
 
 
+# w4a8 (rows of the plan, k, n, group, rows to run): few static rows with two chains (1-3) and
+# one (4-8), groups of 8 to 128, a dynamic row count in 4-row blocks of 2 tiles and of 1 (n / 16 odd)
+INT4_SHAPES = [(1, 64, 48, 32, 1), (3, 128, 64, 8, 3), (4, 256, 32, 128, 4), (8, 64, 64, 16, 8),
+               (None, 128, 96, 32, 12), (None, 64, 48, 64, 5)]
+
+
+def test_int4_plans():
+    for rows in list(range(1, FEW_ROWS + 2)) + [None]:
+        for n in (16, 48, 256, 5632):
+            kern = int4_plan(rows, 256, n, 32)
+            assert kern.blocks * kern.tiles * 16 == n and kern.groups == 8
+            if isinstance(rows, int) and rows <= FEW_ROWS:
+                assert (kern.rows, kern.tiles, kern.chains) == (rows, 1, 2 if rows < 4 else 1)
+            else:
+                assert (kern.rows, kern.chains, kern.tiles) == (4, 1, 2 if n % 32 == 0 else 1)
+    for n, k, g in ((40, 64, 32), (64, 64, 12), (64, 96, 64)):
+        with pytest.raises(ValueError, match="w4a8 VNNI product"):
+            int4_plan(1, k, n, g)
+
+
+def _int4_packed(q: np.ndarray) -> np.ndarray:
+    """numpy's own [n, k] int4 -> [n/16, k/8, 64] bytes: for tile t and in-features 8j..8j+7,
+    byte 4 * lane + p = (q + 8)[16t + lane, 8j + p] | (q + 8)[16t + lane, 8j + 4 + p] << 4."""
+    n, k = q.shape
+    u = q.astype(np.int16) + 8
+    out = np.zeros((n // 16, k // 8, 64), np.uint8)
+    for t in range(n // 16):
+        for j in range(k // 8):
+            for lane in range(16):
+                for p in range(4):
+                    out[t, j, 4 * lane + p] = u[16 * t + lane, 8 * j + p] | (u[16 * t + lane, 8 * j + 4 + p] << 4)
+    return out.view(np.int8)
+
+
+def test_pack_int4_weight_and_scales():
+    rng = np.random.default_rng(2)
+    q = rng.integers(-8, 8, (32, 24)).astype(np.int8)
+    np.testing.assert_array_equal(pack_int4_weight(q), _int4_packed(q))
+    s = rng.random((32, 3)).astype(np.float32)
+    np.testing.assert_array_equal(pack_scales(s), np.stack([s[16 * t:16 * t + 16].T for t in range(2)]))
+
+
+def _int4_kernels_module(shapes) -> str:
+    """@mm4_i(xq [m, k], xs, xc [m, groups], w packed, s packed) -> [m, n] f32 for each shape."""
+    lines = ["module {"]
+    for i, (r, k, n, g, m) in enumerate(shapes):
+        kern = int4_plan(r, k, n, g)
+        assert m % kern.rows == 0 or r is None
+        lines += ["  " + line for line in int4_executable_text(kern, f"@q{i}")]
+        ins = [((m, k), "i8"), ((m, k // g), "f32"), ((m, k // g), "i32")]
+        ts, ds = [tensor_type(d, t) for d, t in ins], [tensor_type(("?", d[1]), t) for d, t in ins]
+        yt, dy = tensor_type((m, n), "f32"), tensor_type(("?", n), "f32")
+        lines += [f"  func.func @mm4_{i}(%x0: {ts[0]}, %x1: {ts[1]}, %x2: {ts[2]}, %w: {kern.packed_type}, "
+                  f"%s: {kern.scales_type}) -> {yt} {{", f"    %m = arith.constant {m} : index"]
+        lines += [f"    %d{j} = tensor.cast %x{j} : {ts[j]} to {ds[j]}" for j in range(3)]
+        lines += [f"    %yd = flow.dispatch @q{i}::@q{i}(%d0, %d1, %d2, %w, %s, %m) : ("
+                  + ", ".join(f"{d}{{%m}}" for d in ds) + f", {kern.packed_type}, {kern.scales_type}, index) "
+                  f"-> {dy}{{%m}}", f"    %y = tensor.cast %yd : {dy} to {yt}", f"    return %y : {yt}", "  }"]
+    return "\n".join(lines + ["}"]) + "\n"
+
+
+def test_int4_kernels_compile_for_a_vnni_cpu():
+    compile_iree(_int4_kernels_module(INT4_SHAPES), list(resolve("cpu:sapphirerapids").compile_flags(3)))
+
+
+@needs_vnni
+def test_int4_kernels_against_numpy():
+    """Scales of 1 make the result the int32 group sums exactly (each < 2**24); random scales
+    give numpy's float64 sum to f32 rounding."""
+    import iree.runtime as rt
+
+    # rows not a multiple of the block (5 dynamic rows) are the lowering's to pad: here 5 -> 8
+    shapes = [(r, k, n, g, m if r is not None else -(-m // 4) * 4) for r, k, n, g, m in INT4_SHAPES]
+    vmfb = compile_iree(_int4_kernels_module(shapes), list(resolve("cpu").compile_flags(3)))
+    mod = rt.load_vm_flatbuffer(vmfb, driver="local-task")
+    rng = np.random.default_rng(0)
+    for i, (r, k, n, g, m) in enumerate(shapes):
+        groups = k // g
+        xq = rng.integers(-128, 128, (m, k)).astype(np.int8)
+        q = rng.integers(-8, 8, (n, k)).astype(np.int8)
+        xc = (8 * xq.astype(np.int32).reshape(m, groups, g).sum(-1)).astype(np.int32)
+        sums = np.einsum("mgi,ngi->mng", xq.reshape(m, groups, g).astype(np.int64), q.reshape(n, groups, g))
+        for xs, ws in ((np.ones((m, groups), np.float32), np.ones((n, groups), np.float32)),
+                       (rng.random((m, groups)).astype(np.float32), rng.random((n, groups)).astype(np.float32))):
+            got = np.asarray(getattr(mod, f"mm4_{i}")(xq, xs, xc, pack_int4_weight(q), pack_scales(ws)))
+            want = (sums * xs[:, None, :].astype(np.float64) * ws[None].astype(np.float64)).sum(-1)
+            np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6 * np.abs(want).max(),
+                                       err_msg=f"plan rows {r}, k {k}, n {n}, group {g}, m {m}")
+
+
 # ---- in a model ----------------------------------------------------------------------------
 
 SPEC = CheckpointSpec(layers=2, hidden=64, heads=4, kv_heads=2, intermediate=128, vocab=320, max_seq_len=64, seed=7)
@@ -111,6 +203,7 @@ PAGE, NUM_PAGES = 8, 16
 PROMPTS = [[1, 17, 33, 5, 99, 7], [4, 250, 12], [9, 9, 300, 41, 2, 60, 61], [100], [3, 3, 8, 21, 40]]
 STEPS = 4
 W8A8 = dict(quantize="w8a8", keep_float="")  # lm_head too
+SCHEMES = {"w8a8": W8A8, "w4a8": dict(quantize="w4a8", group_size=32, keep_float="")}
 
 
 @pytest.fixture(scope="module")
@@ -146,11 +239,12 @@ def test_every_w8a8_product_reads_the_stored_packed_weight(checkpoint, tmp_path)
     assert all(re.fullmatch(r"tensor<\d+x\d+xi8>", plain_params[n]) for n in weights)
 
 
-def _reference(checkpoint: Path, prompt: list[int]) -> list[np.ndarray]:
+def _reference(checkpoint: Path, prompt: list[int], scheme: str) -> list[np.ndarray]:
     """Interpreter logits of one request alone: prefill, then STEPS greedy decodes."""
     m = import_checkpoint(checkpoint)
     store = m.weight_store()
-    quant = QuantConfig.parse("w8a8", 128, True, "")
+    options = SCHEMES[scheme]
+    quant = QuantConfig.parse(scheme, options.get("group_size", 128), True, "")
     PassManager(pipeline_for_level(3, PAGE, quant, "f32"), weights=store).run(m.module)
     t = from_mlir(functions(m.module)["prefill"].regions[0].blocks[0].arguments[3].type)
     pool, table = empty_page_pool(t, NUM_PAGES), np.arange(1, 4, dtype=np.int64)[None]
@@ -164,11 +258,12 @@ def _reference(checkpoint: Path, prompt: list[int]) -> list[np.ndarray]:
 
 
 @needs_vnni
-def test_w8a8_prefill_and_decode_at_batch_1_4_and_5_match_the_interpreter(checkpoint, tmp_path):
+@pytest.mark.parametrize("scheme", list(SCHEMES))
+def test_prefill_and_decode_at_batch_1_4_and_5_match_the_interpreter(checkpoint, tmp_path, scheme):
     art = tmp_path / "art"
-    compile_checkpoint(CompileOptions(checkpoint, art, opt_level=3, page_size=PAGE, **W8A8), progress=None)
+    compile_checkpoint(CompileOptions(checkpoint, art, opt_level=3, page_size=PAGE, **SCHEMES[scheme]), progress=None)
     engine = Engine(art, num_pages=NUM_PAGES)
-    refs = [_reference(checkpoint, p) for p in PROMPTS]
+    refs = [_reference(checkpoint, p, scheme) for p in PROMPTS]
     tables = np.arange(1, 1 + 3 * len(PROMPTS), dtype=np.int64).reshape(len(PROMPTS), 3)
     # decode_b1 one request at a time; decode_b4 four together; the dynamic decode all five
     for groups in ([[i] for i in range(len(PROMPTS))], [[0, 1, 2, 3]], [[0, 1, 2, 3, 4]]):

@@ -18,7 +18,7 @@ def _run(*args: str) -> subprocess.CompletedProcess:
 
 
 @pytest.mark.parametrize("args,message", [
-    (["--quantize", "int3"], "error: --quantize must be one of int8, int4, w8a8, w4a16, got 'int3'"),
+    (["--quantize", "int3"], "error: --quantize must be one of int8, int4, w8a8, w4a8, w4a16, got 'int3'"),
     (["--quantize", "int8", "--group-size", "0"],
      "error: Invalid value for '--group-size': 0 is not in the range x>=1."),
     (["--dtype", "f64"], "error: Invalid value for '--dtype': 'f64' is not one of 'auto', 'f32', 'f16', 'bf16'"),

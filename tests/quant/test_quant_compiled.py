@@ -44,6 +44,9 @@ CASES = {  # name -> (CompileOptions overrides, -O level)
     "w8a8": (dict(quantize="w8a8", keep_float=""), 3),
     # int16 x uint4 integer products in decode_b1; prefill on the int16 grid through the weight-only kernel
     "w4a16": (dict(quantize="w4a16", group_size=32, keep_float=""), 3),
+    # int8 groups x int4: through the VNNI kernel where this CPU has it; haswell: the int8 grid in float
+    "w4a8": (dict(quantize="w4a8", group_size=32, keep_float=""), 3),
+    "w4a8-haswell": (dict(quantize="w4a8", group_size=32, keep_float="", target="cpu:haswell"), 3),
 }
 
 
@@ -109,20 +112,21 @@ def test_compiled_matches_interpreter(checkpoint, artifacts, case):
         np.testing.assert_allclose(g, r, atol=2e-4 * max(1.0, np.abs(r).max()), rtol=0)
 
 
-def test_w8a8_quantizes_the_activations(checkpoint, artifacts):
-    """The w8a8 artifact follows the interpreter's int8 activations: the same IR with float
-    activations (act_bits 0, the per-channel int8 weights kept) is further off than the
+@pytest.mark.parametrize("case", ["w8a8", "w4a8", "w4a8-haswell"])
+def test_integer_schemes_quantize_the_activations(checkpoint, artifacts, case):
+    """The w8a8 and w4a8 artifacts follow the interpreter's int8 activations: the same IR with
+    float activations (act_bits 0, the int8 / int4 weights kept) is further off than the
     compiled-vs-interpreter tolerance, so that comparison would catch a lowering that skipped them."""
     from iree.compiler import ir
 
-    module, store = _interpreted(checkpoint, *CASES["w8a8"])
+    module, store = _interpreted(checkpoint, *CASES[case])
     with module.context:
         for f in functions(module).values():
             for op in f.regions[0].blocks[0].operations:
                 if op.operation.name == "llm.quantized_matmul":
                     op.operation.attributes["act_bits"] = ir.IntegerAttr.get(ir.IntegerType.get_signless(64), 0)
     weight_only = _greedy_interpreter(module, store)
-    got = _greedy_engine(artifacts["w8a8"])
+    got = _greedy_engine(artifacts[case])
     assert max(np.abs(g - r).max() / max(1.0, np.abs(r).max()) for g, r in zip(got, weight_only)) > 2.5 * 2e-4
 
 
@@ -153,6 +157,29 @@ def test_w8a8_stores_values_as_checkpoints_do(checkpoint, artifacts):
                 name = ir.StringAttr(w.attributes["name"]).value
                 planes[name] = ir.IntegerAttr(op.operation.attributes["act_bits"]).value
     assert planes and all(bits == (16 if "down_proj" in n else 8) for n, bits in planes.items())
+
+
+def test_w4a8_stores_values_and_scales_for_its_kernel(checkpoint, artifacts):
+    """w4a8 values and scales stay [out, ...] (haswell: int4 two per byte), or on a VNNI CPU in
+    its kernel's order: bytes [out/16, in/8, 16 x 4], the low nibble of byte 4 * lane + p the
+    value + 8 of in-feature 8j + p, the high one of 8j + 4 + p; scales [out/16, groups, 16]."""
+    module, store = _interpreted(checkpoint, *CASES["w4a8"])
+    down = next(n for n in weight_types(module) if "down_proj" in n and n.endswith(".qweight"))
+    want, want_s = np.asarray(store[down]), np.asarray(store[down.replace(".qweight", ".scales")])
+    n, k = want.shape
+    for case in ("w4a8", "w4a8-haswell"):
+        params = read_params(artifacts[case] / "model.irpa")
+        stored, scales = params[down], params[down.replace(".qweight", ".scales")]
+        if case == "w4a8" and has_vnni("host"):
+            assert stored.shape == (n // 16, k // 8, 64) and scales.shape == (n // 16, k // 32, 16)
+            b = stored.view(np.uint8).reshape(n // 16, k // 8, 16, 4).astype(np.int16)
+            halves = np.stack([b & 15, b >> 4], axis=3)  # tile, j, lane, half, p
+            stored = (halves.transpose(0, 2, 1, 3, 4).reshape(n, k) - 8).astype(np.int8)
+            scales = scales.transpose(0, 2, 1).reshape(n, k // 32)
+        else:
+            stored = unpack_int4(stored, (n, k), signed=True)
+        np.testing.assert_array_equal(stored, want)
+        np.testing.assert_array_equal(scales.reshape(n, k // 32).view(np.float32), want_s)
 
 
 def test_archive_holds_packed_transposed_int4(checkpoint, artifacts):

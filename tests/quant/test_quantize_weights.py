@@ -142,8 +142,8 @@ def test_group_size_fallback_in_ir(tmp_path):
 
 
 @pytest.mark.parametrize("scheme,message", [
-    ("int3", "--quantize must be one of int8, int4, w8a8, w4a16, got 'int3'"),
-    ("fp8", "--quantize must be one of int8, int4, w8a8, w4a16, got 'fp8'")])
+    ("int3", "--quantize must be one of int8, int4, w8a8, w4a8, w4a16, got 'int3'"),
+    ("fp8", "--quantize must be one of int8, int4, w8a8, w4a8, w4a16, got 'fp8'")])
 def test_unknown_scheme(scheme, message):
     with pytest.raises(PassError, match=message):
         QuantConfig.parse(scheme)
