@@ -22,8 +22,9 @@ For each --size, one random-weight Llama checkpoint (llmirc.testing.checkpoints 
   left f32 (what llmirc's --quantize keeps float: embed and lm_head);
 - compiled by llmirc at -O3 for this CPU: f32, --dtype f16, --quantize int8/int4 at the default
   group size 128 and at --group-size 32 (Q8_0/Q4_0 scale blocks of 32 weights; symmetric both),
-  --quantize w8a8 (int8 activations too, as llama.cpp's Q8_0 dot products quantize theirs) and
-  --quantize w4a16 at group 128 and 32 (int4 weights, int16 activations; Q4_0's dot products
+  --quantize w8a8 (int8 activations too, as llama.cpp's Q8_0 dot products quantize theirs),
+  --quantize w4a8 at group 128 and 32 (int4 weights, int8 activations per group: Q4_0 x Q8_0's
+  scheme) and --quantize w4a16 at group 128 and 32 (int4 weights, int16 activations; Q4_0's dot products
   quantize the activations to Q8_0).
 Both are timed round-robin, round by round, so background load hits every system and precision
 alike: llama.cpp by `llama-bench -t 2 -p 128 -n 32 -r 1 -o json` (avg_ts of each test), llmirc by
@@ -84,10 +85,12 @@ LLMIRC = {"f32": {}, "f16": {"dtype": "f16"},
           "int8-g128": {"quantize": "int8"}, "int8-g32": {"quantize": "int8", "group_size": 32},
           "int4-g128": {"quantize": "int4"}, "int4-g32": {"quantize": "int4", "group_size": 32},
           "w8a8": {"quantize": "w8a8"},
+          "w4a8-g128": {"quantize": "w4a8"}, "w4a8-g32": {"quantize": "w4a8", "group_size": 32},
           "w4a16-g128": {"quantize": "w4a16"}, "w4a16-g32": {"quantize": "w4a16", "group_size": 32}}
 GGUF = ("f32", "f16", "Q8_0", "Q4_0")
 PAIRS = {"f32": "f32", "f16": "f16", "int8-g128": "Q8_0", "int8-g32": "Q8_0", "int4-g128": "Q4_0",
-         "int4-g32": "Q4_0", "w8a8": "Q8_0", "w4a16-g128": "Q4_0", "w4a16-g32": "Q4_0"}
+         "int4-g32": "Q4_0", "w8a8": "Q8_0", "w4a8-g128": "Q4_0", "w4a8-g32": "Q4_0",
+         "w4a16-g128": "Q4_0", "w4a16-g32": "Q4_0"}
 
 # ggml tensor types: (weights per block, bytes per block)
 GGML_BLOCK = {"F32": (1, 4), "F16": (1, 2), "BF16": (1, 2), "Q8_0": (32, 34), "Q4_0": (32, 18),

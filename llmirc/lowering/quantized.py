@@ -327,6 +327,11 @@ def _w4a8_vnni(e: Emitter, op: LOp) -> TV:
     n, k = vnni.int4_unpacked_dims(q.dims)
     x2 = _as_2d(e, x)
     m = x2.dims[0]
+    kern = vnni.int4_plan(m if isinstance(m, int) else None, k, n, g)
+    exe = op.module.define(("vnni4", kern), kern.name, lambda sym, _: vnni.int4_executable_text(kern, sym))
+    if kern.fused:  # the kernel quantizes the rows itself
+        return _from_2d(e, vnni.int4_product(e, [x2], kern, exe, q.name, s.name),
+                        op.result_dims(0, x.dims[:-1] + (n,))[:-1])
     xq, amax = _group_int8(e, x2, g)
     xs = e.generic(2, [(amax, ["d0", "d1"])], [(e.empty(amax.dims, ft), ["d0", "d1"])],
                    lambda a: [e.v(f"arith.divf {a[0]}, {e.const(127.0, ft)} : {ft}")])[0]
@@ -337,9 +342,7 @@ def _w4a8_vnni(e: Emitter, op: LOp) -> TV:
 
     xc = e.generic(3, [(xq, ["d0", "d1", "d2"])], [(e.filled(amax.dims, "i32", 0), ["d0", "d1"])], times8,
                    reductions=(2,))[0]
-    kern = vnni.int4_plan(m if isinstance(m, int) else None, k, n, g)
-    exe = op.module.define(("vnni4", kern), kern.name, lambda sym, _: vnni.int4_executable_text(kern, sym))
-    y = vnni.int4_product(e, e.collapse(xq, [[0], [1, 2]]), xs, xc, kern, exe, q.name, s.name)
+    y = vnni.int4_product(e, [e.collapse(xq, [[0], [1, 2]]), xs, xc], kern, exe, q.name, s.name)
     return _from_2d(e, y, op.result_dims(0, x.dims[:-1] + (n,))[:-1])
 
 

@@ -29,7 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .emitter import TV, Emitter, tensor_type
+from ..dialect.ops import ACT_TINY
+from .emitter import TV, Emitter, float_literal, tensor_type
 
 INTRINSIC = "llvm.x86.avx512.vpdpbusd.512"
 LANES = 16  # int32 accumulators per 512-bit vector: output columns per tile
@@ -244,6 +245,9 @@ def product(e: Emitter, xu: TV, kern: Kernel, executable: str, packed: str, sums
 
 UNROLL = 4  # byte-vectors a step of the loop over a group (fewer loop branches; measured no slower than 1)
 INT4_DEPTH = 8  # in-features a stored byte-vector covers: two nibbles of 4
+# A fused kernel keeps its rows' int8 form on the workgroup's stack: at most this many bytes
+# (IREE's llvm-cpu limit for a dispatch's stack is 32 KiB)
+FUSED_MAX_BYTES = 24 * 1024
 
 
 @dataclass(frozen=True)
@@ -251,7 +255,8 @@ class Int4Kernel:
     """One w4a8 dispatch shape: xq [m, k] (s8, one scale per row and group) x w [n, k] (int4
     stored as u = q + 8 two per byte, one f32 scale per column and group) -> y [m, n] f32,
     in blocks of `rows` x `tiles` 16-column tiles; chains 2 keeps the low and high nibbles'
-    sums apart (two accumulators a row and tile) for few rows."""
+    sums apart (two accumulators a row and tile) for few rows. `fused`: the kernel takes the
+    f32 rows and quantizes them itself (see int4_executable_text)."""
 
     rows: int
     tiles: int
@@ -259,6 +264,7 @@ class Int4Kernel:
     k: int
     n: int
     group: int
+    fused: bool = False
 
     blocks = Kernel.blocks
     blocks_per_workgroup = Kernel.blocks_per_workgroup
@@ -277,7 +283,8 @@ class Int4Kernel:
 
     @property
     def name(self) -> str:
-        return f"vnni4_{self.rows}x{self.tiles}x{self.chains}_k{self.k}_n{self.n}_g{self.group}"
+        fused = "_fused" if self.fused else ""
+        return f"vnni4_{self.rows}x{self.tiles}x{self.chains}_k{self.k}_n{self.n}_g{self.group}{fused}"
 
 
 def int4_packed_dims(n: int, k: int) -> tuple[int, int, int]:
@@ -302,7 +309,8 @@ def int4_plan(rows: object, k: int, n: int, group: int) -> Int4Kernel:
         raise ValueError(f"a w4a8 VNNI product needs N a multiple of {LANES} and groups of a multiple of "
                          f"{INT4_DEPTH}, got N {n}, K {k}, group {group}")
     if isinstance(rows, int) and rows <= FEW_ROWS:
-        return Int4Kernel(rows, 1, 2 if rows < 4 else 1, k, n, group)
+        fused = rows * k <= FUSED_MAX_BYTES and group % LANES == 0
+        return Int4Kernel(rows, 1, 2 if rows < 4 else 1, k, n, group, fused)
     return Int4Kernel(ROW_BLOCK, 2 if (n // LANES) % 2 == 0 else 1, 1, k, n, group)
 
 
@@ -356,8 +364,9 @@ def int4_executable_text(kern: Int4Kernel, sym: str) -> list[str]:
     each, one vpdpbusd apiece (u is the unsigned operand); then the group's scales fold the
     sums into f32 accumulators that live across the groups."""
     rb, tb, c, groups, steps = kern.rows, kern.tiles, kern.chains, kern.groups, kern.group // INT4_DEPTH
-    x_t, xs_t, xc_t, y_t = (f"memref<?x{kern.k}xi8>", f"memref<?x{groups}xf32>", f"memref<?x{groups}xi32>",
-                            f"memref<?x{kern.n}xf32>")
+    rows = f"{rb}" if kern.fused else "?"  # a fused kernel's int8 rows are its own, on the stack
+    x_t, xs_t, xc_t, y_t = (f"memref<{rows}x{kern.k}xi8>", f"memref<{rows}x{groups}xf32>",
+                            f"memref<{rows}x{groups}xi32>", f"memref<?x{kern.n}xf32>")
     w_t = f"memref<{kern.n // LANES}x{kern.k // INT4_DEPTH}x{LANES * DEPTH}xi8>"
     s_t = f"memref<{kern.n // LANES}x{groups}x{LANES}xf32>"
     vec, fvec, bytes_ = f"vector<{LANES}xi32>", f"vector<{LANES}xf32>", f"vector<{LANES * DEPTH}xi8>"
@@ -428,8 +437,9 @@ def int4_executable_text(kern: Int4Kernel, sym: str) -> list[str]:
              "    stream.return %g, %one, %one : index, index, index",
              "  }",
              "  builtin.module {",
-             f"    func.func {sym}(%bx: !stream.binding, %bxs: !stream.binding, %bxc: !stream.binding, "
-             f"%bw: !stream.binding, %bs: !stream.binding, %m: index, %by: !stream.binding) {{"]
+             f"    func.func {sym}(%bx: !stream.binding, "
+             + ("" if kern.fused else "%bxs: !stream.binding, %bxc: !stream.binding, ")
+             + "%bw: !stream.binding, %bs: !stream.binding, %m: index, %by: !stream.binding) {"]
             + [f"      {line}" for line in consts]
             + [f"      %cunroll = arith.constant {unroll} : index",
                f"      %csteps = arith.constant {steps} : index",
@@ -441,11 +451,12 @@ def int4_executable_text(kern: Int4Kernel, sym: str) -> list[str]:
                f"      %fzero = arith.constant dense<0.0> : {fvec}",
                f"      %m15 = arith.constant dense<15> : {bytes_}",
                f"      %s4 = arith.constant dense<4> : {bytes_}",
-               "      %wg = hal.interface.workgroup.id[0] : index",
-               f"      %x = stream.binding.subspan %bx[%c0] : !stream.binding -> {x_t}{{%m}}",
-               f"      %xs = stream.binding.subspan %bxs[%c0] : !stream.binding -> {xs_t}{{%m}}",
-               f"      %xc = stream.binding.subspan %bxc[%c0] : !stream.binding -> {xc_t}{{%m}}",
-               f"      %w = stream.binding.subspan %bw[%c0] : !stream.binding -> {w_t}",
+               "      %wg = hal.interface.workgroup.id[0] : index"]
+            + [f"      {line}" for line in (_quantize_rows_text(kern, x_t, xs_t, xc_t) if kern.fused else
+                                          [f"%x = stream.binding.subspan %bx[%c0] : !stream.binding -> {x_t}{{%m}}",
+                                           f"%xs = stream.binding.subspan %bxs[%c0] : !stream.binding -> {xs_t}{{%m}}",
+                                           f"%xc = stream.binding.subspan %bxc[%c0] : !stream.binding -> {xc_t}{{%m}}"])]
+            + [f"      %w = stream.binding.subspan %bw[%c0] : !stream.binding -> {w_t}",
                f"      %s = stream.binding.subspan %bs[%c0] : !stream.binding -> {s_t}",
                f"      %y = stream.binding.subspan %by[%c0] : !stream.binding -> {y_t}{{%m}}",
                "      %b0 = arith.muli %wg, %cper : index",
@@ -472,13 +483,64 @@ def int4_executable_text(kern: Int4Kernel, sym: str) -> list[str]:
             + ["        }", "      }", "      return", "    }", "  }", "}"])
 
 
-def int4_product(e: Emitter, xq: TV, xs: TV, xc: TV, kern: Int4Kernel, executable: str, packed: str,
-                 scales: str) -> TV:
-    """f32 [m, n] from xq [m, k] s8, its scales xs and corrections xc [m, groups] (the packed
-    weight and scales as loaded in this function); rows padded to the kernel's block."""
-    m = xq.dims[0]
+def _quantize_rows_text(kern: Int4Kernel, q_t: str, qs_t: str, qc_t: str) -> list[str]:
+    """A fused kernel's prologue: %x, the f32 rows [rows, k], to %x (their int8 groups), %xs
+    (max|x| / 127 of each group) and %xc (8 x each group's sum of the int8 values) on the stack,
+    the unfused kernel's inputs: each workgroup quantizes the few rows itself, which costs less
+    than the three dispatches that would do it once. The same formula as the lowering's
+    _group_int8 (and the interpreter's act_quantize_rows): q = roundeven(x * (127 / max(amax,
+    tiny))), bit for bit."""
+    fvec, ivec = f"vector<{LANES}xf32>", f"vector<{LANES}xi32>"
+    f_t = f"memref<?x{kern.k}xf32>"
+    return [f"%xf = stream.binding.subspan %bx[%c0] : !stream.binding -> {f_t}{{%m}}",
+            f"%x = memref.alloca() : {q_t}", f"%xs = memref.alloca() : {qs_t}", f"%xc = memref.alloca() : {qc_t}",
+            f"%c127 = arith.constant {float_literal(127.0)} : f32",
+            f"%tiny = arith.constant {float_literal(ACT_TINY)} : f32",
+            "%c3i = arith.constant 3 : i32",
+            f"%cgroup = arith.constant {kern.group} : index",
+            f"%qf0 = arith.constant dense<0.0> : {fvec}",
+            f"%qi0 = arith.constant dense<0> : {ivec}",
+            "scf.for %qr = %c0 to %crows step %c1 {",
+            "  scf.for %qg = %c0 to %cgroups step %c1 {",
+            "    %qb = arith.muli %qg, %cgroup : index",
+            f"    %qmax = scf.for %qj = %c0 to %cgroup step %c{LANES} iter_args(%qm = %qf0) -> ({fvec}) {{",
+            "      %qo = arith.addi %qb, %qj : index",
+            f"      %qv = vector.load %xf[%qr, %qo] : {f_t}, {fvec}",
+            f"      %qa = math.absf %qv : {fvec}",
+            f"      %qn = arith.maximumf %qa, %qm : {fvec}",
+            f"      scf.yield %qn : {fvec}",
+            "    }",
+            f"    %amax = vector.reduction <maximumf>, %qmax : {fvec} into f32",
+            "    %qden = arith.maximumf %amax, %tiny : f32",
+            "    %qinv = arith.divf %c127, %qden : f32",
+            "    %qstep = arith.divf %amax, %c127 : f32",
+            f"    memref.store %qstep, %xs[%qr, %qg] : {qs_t}",
+            f"    %qinvv = vector.broadcast %qinv : f32 to {fvec}",
+            f"    %qsum = scf.for %qj2 = %c0 to %cgroup step %c{LANES} iter_args(%qacc = %qi0) -> ({ivec}) {{",
+            "      %qo2 = arith.addi %qb, %qj2 : index",
+            f"      %qv2 = vector.load %xf[%qr, %qo2] : {f_t}, {fvec}",
+            f"      %qp = arith.mulf %qv2, %qinvv : {fvec}",
+            f"      %qe = math.roundeven %qp : {fvec}",
+            f"      %qi = arith.fptosi %qe : {fvec} to {ivec}",
+            f"      %q8 = arith.trunci %qi : {ivec} to vector<{LANES}xi8>",
+            f"      vector.store %q8, %x[%qr, %qo2] : {q_t}, vector<{LANES}xi8>",
+            f"      %qn2 = arith.addi %qacc, %qi : {ivec}",
+            f"      scf.yield %qn2 : {ivec}",
+            "    }",
+            f"    %qtot = vector.reduction <add>, %qsum : {ivec} into i32",
+            "    %qc8 = arith.shli %qtot, %c3i : i32",
+            f"    memref.store %qc8, %xc[%qr, %qg] : {qc_t}",
+            "  }",
+            "}"]
+
+
+def int4_product(e: Emitter, ins: list[TV], kern: Int4Kernel, executable: str, packed: str, scales: str) -> TV:
+    """f32 [m, n] from `ins` -- xq [m, k] s8, its scales xs and corrections xc [m, groups], or
+    for a fused kernel the f32 rows [m, k] alone -- and the packed weight and scales as loaded
+    in this function; rows padded to the kernel's block."""
+    m = ins[0].dims[0]
     mv, mp = _rows_padded(e, m, kern.rows)
-    ins = [_dynamic_rows(e, v, mv, mp) for v in (xq, xs, xc)]
+    ins = [_dynamic_rows(e, v, mv, mp) for v in ins]
     yt = tensor_type(("?", kern.n), "f32")
     raw = e.v(f"flow.dispatch {executable}::{executable}({', '.join(x for x, _ in ins)}, {packed}, {scales}, {mp}) : "
               f"({', '.join(f'{t}{{{mp}}}' for _, t in ins)}, {kern.packed_type}, {kern.scales_type}, index) "

@@ -10,6 +10,7 @@ are skipped with that reason.
 from __future__ import annotations
 
 import re
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ import pytest
 
 from llmirc.compiler import CompileOptions, compile_checkpoint
 from llmirc.dialect.context import functions
-from llmirc.dialect.interpreter import empty_page_pool, run_function
+from llmirc.dialect.interpreter import act_quantize_rows, empty_page_pool, run_function
 from llmirc.dialect.types import from_mlir
 from llmirc.frontend import import_checkpoint
 from llmirc.lowering import compile_iree
@@ -148,52 +149,74 @@ def test_pack_int4_weight_and_scales():
     np.testing.assert_array_equal(pack_scales(s), np.stack([s[16 * t:16 * t + 16].T for t in range(2)]))
 
 
-def _int4_kernels_module(shapes) -> str:
-    """@mm4_i(xq [m, k], xs, xc [m, groups], w packed, s packed) -> [m, n] f32 for each shape."""
-    lines = ["module {"]
-    for i, (r, k, n, g, m) in enumerate(shapes):
+def _int4_kernels(shapes) -> list:
+    """The plan's kernel for each shape, and for a fused one its unfused twin as well."""
+    kerns = []
+    for r, k, n, g, m in shapes:
         kern = int4_plan(r, k, n, g)
-        assert m % kern.rows == 0 or r is None
+        kerns += [(kern, m)] + ([(replace(kern, fused=False), m)] if kern.fused else [])
+    return kerns
+
+
+def _int4_kernels_module(kerns) -> str:
+    """@mm4_i(xq [m, k], xs, xc [m, groups] -- for a fused kernel x [m, k] f32 alone --, w packed,
+    s packed) -> [m, n] f32 for each (kernel, m)."""
+    lines = ["module {"]
+    for i, (kern, m) in enumerate(kerns):
+        k, n, g = kern.k, kern.n, kern.group
         lines += ["  " + line for line in int4_executable_text(kern, f"@q{i}")]
-        ins = [((m, k), "i8"), ((m, k // g), "f32"), ((m, k // g), "i32")]
+        ins = [((m, k), "f32")] if kern.fused else [((m, k), "i8"), ((m, k // g), "f32"), ((m, k // g), "i32")]
         ts, ds = [tensor_type(d, t) for d, t in ins], [tensor_type(("?", d[1]), t) for d, t in ins]
         yt, dy = tensor_type((m, n), "f32"), tensor_type(("?", n), "f32")
-        lines += [f"  func.func @mm4_{i}(%x0: {ts[0]}, %x1: {ts[1]}, %x2: {ts[2]}, %w: {kern.packed_type}, "
-                  f"%s: {kern.scales_type}) -> {yt} {{", f"    %m = arith.constant {m} : index"]
-        lines += [f"    %d{j} = tensor.cast %x{j} : {ts[j]} to {ds[j]}" for j in range(3)]
-        lines += [f"    %yd = flow.dispatch @q{i}::@q{i}(%d0, %d1, %d2, %w, %s, %m) : ("
-                  + ", ".join(f"{d}{{%m}}" for d in ds) + f", {kern.packed_type}, {kern.scales_type}, index) "
-                  f"-> {dy}{{%m}}", f"    %y = tensor.cast %yd : {dy} to {yt}", f"    return %y : {yt}", "  }"]
+        args = ", ".join(f"%x{j}: {t}" for j, t in enumerate(ts))
+        lines += [f"  func.func @mm4_{i}({args}, %w: {kern.packed_type}, %s: {kern.scales_type}) -> {yt} {{",
+                  f"    %m = arith.constant {m} : index"]
+        lines += [f"    %d{j} = tensor.cast %x{j} : {ts[j]} to {ds[j]}" for j in range(len(ins))]
+        lines += [f"    %yd = flow.dispatch @q{i}::@q{i}(" + ", ".join(f"%d{j}" for j in range(len(ins)))
+                  + ", %w, %s, %m) : (" + ", ".join(f"{d}{{%m}}" for d in ds)
+                  + f", {kern.packed_type}, {kern.scales_type}, index) -> {dy}{{%m}}",
+                  f"    %y = tensor.cast %yd : {dy} to {yt}", f"    return %y : {yt}", "  }"]
     return "\n".join(lines + ["}"]) + "\n"
 
 
 def test_int4_kernels_compile_for_a_vnni_cpu():
-    compile_iree(_int4_kernels_module(INT4_SHAPES), list(resolve("cpu:sapphirerapids").compile_flags(3)))
+    kerns = _int4_kernels(INT4_SHAPES)
+    assert any(kern.fused for kern, _ in kerns)
+    compile_iree(_int4_kernels_module(kerns), list(resolve("cpu:sapphirerapids").compile_flags(3)))
 
 
 @needs_vnni
 def test_int4_kernels_against_numpy():
     """Scales of 1 make the result the int32 group sums exactly (each < 2**24); random scales
-    give numpy's float64 sum to f32 rounding."""
+    give numpy's float64 sum to f32 rounding. A fused kernel takes f32 rows and must quantize
+    them as the interpreter does (act_quantize_rows on each group) before the same sums."""
     import iree.runtime as rt
 
     # rows not a multiple of the block (5 dynamic rows) are the lowering's to pad: here 5 -> 8
-    shapes = [(r, k, n, g, m if r is not None else -(-m // 4) * 4) for r, k, n, g, m in INT4_SHAPES]
-    vmfb = compile_iree(_int4_kernels_module(shapes), list(resolve("cpu").compile_flags(3)))
+    kerns = _int4_kernels([(r, k, n, g, m if r is not None else -(-m // 4) * 4) for r, k, n, g, m in INT4_SHAPES])
+    vmfb = compile_iree(_int4_kernels_module(kerns), list(resolve("cpu").compile_flags(3)))
     mod = rt.load_vm_flatbuffer(vmfb, driver="local-task")
     rng = np.random.default_rng(0)
-    for i, (r, k, n, g, m) in enumerate(shapes):
+    for i, (kern, m) in enumerate(kerns):
+        k, n, g = kern.k, kern.n, kern.group
         groups = k // g
-        xq = rng.integers(-128, 128, (m, k)).astype(np.int8)
+        x = (rng.standard_normal((m, k)) * rng.choice([0.01, 1.0, 30.0], (m, k))).astype(np.float32)
+        x[0, :g] = 0.0  # an all-zero group: scale 0, no division by zero
+        xq, xs = act_quantize_rows(x.reshape(m, groups, g))
+        xq = xq.reshape(m, k) if kern.fused else rng.integers(-128, 128, (m, k)).astype(np.int8)
         q = rng.integers(-8, 8, (n, k)).astype(np.int8)
         xc = (8 * xq.astype(np.int32).reshape(m, groups, g).sum(-1)).astype(np.int32)
         sums = np.einsum("mgi,ngi->mng", xq.reshape(m, groups, g).astype(np.int64), q.reshape(n, groups, g))
-        for xs, ws in ((np.ones((m, groups), np.float32), np.ones((n, groups), np.float32)),
-                       (rng.random((m, groups)).astype(np.float32), rng.random((n, groups)).astype(np.float32))):
-            got = np.asarray(getattr(mod, f"mm4_{i}")(xq, xs, xc, pack_int4_weight(q), pack_scales(ws)))
-            want = (sums * xs[:, None, :].astype(np.float64) * ws[None].astype(np.float64)).sum(-1)
+        ones_m, ones_n = np.ones((m, groups), np.float32), np.ones((n, groups), np.float32)
+        rand_m, rand_n = rng.random((m, groups)).astype(np.float32), rng.random((n, groups)).astype(np.float32)
+        cases = ([(xs[..., 0], ones_n), (xs[..., 0], rand_n)] if kern.fused  # the kernel's own row scales
+                 else [(ones_m, ones_n), (rand_m, rand_n)])
+        for xsc, ws in cases:
+            args = [x] if kern.fused else [xq, xsc, xc]
+            got = np.asarray(getattr(mod, f"mm4_{i}")(*args, pack_int4_weight(q), pack_scales(ws)))
+            want = (sums * xsc[:, None, :].astype(np.float64) * ws[None].astype(np.float64)).sum(-1)
             np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6 * np.abs(want).max(),
-                                       err_msg=f"plan rows {r}, k {k}, n {n}, group {g}, m {m}")
+                                       err_msg=f"{kern}, m {m}")
 
 
 # ---- in a model ----------------------------------------------------------------------------
