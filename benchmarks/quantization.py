@@ -1,4 +1,4 @@
-"""Artifact size, decode and prefill tokens/s of one Llama with f32, f16, int8, int4, w8a8 and w4a16 weights.
+"""Artifact size, decode and prefill tokens/s of one Llama with f32, f16, int8, int4, w8a8, w4a8 and w4a16 weights.
 
     .venv/bin/python benchmarks/quantization.py                 # ~1.1B parameters (TinyLlama's shape)
     .venv/bin/python benchmarks/quantization.py --size small    # a minute, for a smoke run
@@ -34,7 +34,7 @@ from llmirc.testing.checkpoints import PRESETS, make_large_checkpoint, n_params
 from docs_section import write_doc_section
 
 PRECISIONS = {"f32": {}, "f16": {"dtype": "f16"}, "int8": {"quantize": "int8"}, "int4": {"quantize": "int4"},
-              "w8a8": {"quantize": "w8a8"}, "w4a16": {"quantize": "w4a16"}}
+              "w8a8": {"quantize": "w8a8"}, "w4a8": {"quantize": "w4a8"}, "w4a16": {"quantize": "w4a16"}}
 DOC = Path(__file__).resolve().parent.parent / "docs" / "quantization.md"
 
 
@@ -132,7 +132,7 @@ def accuracy_table(tmp: Path) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--size", choices=list(PRESETS), default="1b")
-    ap.add_argument("--precisions", default="f32,f16,int8,int4,w8a8,w4a16")
+    ap.add_argument("--precisions", default="f32,f16,int8,int4,w8a8,w4a8,w4a16")
     ap.add_argument("--prompt", type=int, default=32)
     ap.add_argument("--steps", type=int, default=8)
     ap.add_argument("--reps", type=int, default=3)

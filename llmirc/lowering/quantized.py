@@ -65,11 +65,12 @@ def _int_attr(op: ir.Operation, name: str) -> int:
 
 
 def _weight_only_use(user: ir.Operation, operand: int) -> bool:
-    """Read as a weight-only (or w4a16) quantized_matmul's values / scales / zero points (w8a8
-    and w4a8 read theirs [out, ...] as stored)."""
+    """Read as an int4 (weight-only, w4a16 or w4a8) or weight-only int8 quantized_matmul's
+    values / scales / zero points. w8a8 reads its [out, in] values as stored; so does w4a8's VNNI
+    kernel, whose weights `stored_vnni` packs instead (that rule wins where both hold)."""
     if user.name != "llm.quantized_matmul" or operand not in QUANTIZED_OPERANDS:
         return False
-    return _int_attr(user, "act_bits") in (0, 16 if _int_attr(user, "bits") == 4 else 0)
+    return _int_attr(user, "act_bits") == 0 or _int_attr(user, "bits") == 4
 
 
 def _weights_read_only(module: ir.Module, read: Callable[[ir.Operation, int, tuple], bool]) -> set[str]:
@@ -171,7 +172,7 @@ def quantized_matmul(e: Emitter, op: LOp) -> list[TV]:
             y = _w4a16_integer(e, x2, amax, qt, st, g)
             return [_from_2d(e, y, op.result_dims(0, x.dims[:-1] + (n,))[:-1])]
         x2 = _int16_grid(e, x2, amax)
-    if _dequantize_first(e, op, m):
+    if _dequantize_first(e, op, m, q, n):
         return [_from_2d(e, _dequantized_matmul(e, x2, qt, st, zt, g, q.dtype), op.result_dims(0, x.dims[:-1] + (n,))[:-1])]
     x3 = _group_split(e, x2, g)  # [M, G, g]
     q3 = e.expand(qt, [[0, 1], [2]], (groups, g, n)) if groups > 1 else qt  # [G, g, N]
@@ -226,12 +227,20 @@ def quantized_matmul(e: Emitter, op: LOp) -> list[TV]:
     return [_from_2d(e, y, op.result_dims(0, x.dims[:-1] + (n,))[:-1])]
 
 
-def _dequantize_first(e: Emitter, op: LOp, m) -> bool:
+# IREE 3.13 fuses an int4 weight's dequantization into the f32 matmul's pack; where the
+# out-features are not a multiple of 64 that dispatch needs masked i4 vector loads, which it
+# cannot compile (measured: 704 compiles; 688, the shipped model's gate/up, 720 and 736 do not,
+# for znver4 and haswell alike). Those layers keep the weight-only kernel in prefill too.
+DEQUANTIZE_FIRST_I4_MULTIPLE = 64
+
+
+def _dequantize_first(e: Emitter, op: LOp, m, q: TV, n) -> bool:
     """Prefill and extend on llvm-cpu: many rows make the matmul compute-bound, where the
     weight-only kernel's widening inside the contraction costs more than writing one f32 copy
     of the weight per call and running the data-tiled f32 matmul on it."""
     return (op.options.get("backend") == "llvm-cpu" and e.function.startswith(("prefill", "extend"))
-            and not (isinstance(m, int) and m <= W4A16_INTEGER_ROWS))
+            and not (isinstance(m, int) and m <= W4A16_INTEGER_ROWS)
+            and (q.dtype != "i4" or n % DEQUANTIZE_FIRST_I4_MULTIPLE == 0))
 
 
 def _dequantized_matmul(e: Emitter, x2: TV, qt: TV, st: TV, zt: TV | None, g: int, qdtype: str) -> TV:

@@ -149,9 +149,10 @@ class _ModuleLowering:
         self._copies: dict[tuple[str, int], TV] = {}  # per function: (argument, device) -> its copy there
         self.counter = [0]
         self._loads: dict = {}  # per function: globals key (weight name, or (name, device)) -> loaded value
-        self.stored_transposed = stored_transposed(module)  # weights the archive holds [in, out]
-        self.transposed: set[str] = set()  # SSA names of loads of those (quantized.py reads them as such)
         self.stored_vnni = stored_vnni(module) if options.get("vnni") else set()  # weights packed for vnni.py
+        # weights the archive holds [in, out] (a VNNI packing takes precedence)
+        self.stored_transposed = stored_transposed(module) - self.stored_vnni
+        self.transposed: set[str] = set()  # SSA names of loads of those (quantized.py reads them as such)
         self.vnni_loads: dict[str, str] = {}  # SSA names of loads of those -> weight name
         # module-level ops a lowering adds (vnni.py: executables, initialized globals): key -> (symbol, lines)
         self.module_ops: dict[object, tuple[str, list[str]]] = {}

@@ -140,15 +140,8 @@ def executable_text(kern: Kernel, sym: str) -> list[str]:
                 total = f"%s{acc(i, t, j)}"
             stores.append(f"vector.store {total}, %y[%row{i}, %col{t}] : {y_t}, {vec}")
     consts = [f"%c{v} = arith.constant {v} : index" for v in sorted({0, 1, DEPTH, LANES} | set(range(max(rb, tb, c))))]
-    groups = kern.blocks // kern.blocks_per_workgroup
-    return ([f"stream.executable private {sym} {{",
-             f"  stream.executable.export public {sym} workgroups() -> (index, index, index) {{",
-             f"    %g = arith.constant {groups} : index",
-             "    %one = arith.constant 1 : index",
-             "    stream.return %g, %one, %one : index, index, index",
-             "  }",
-             "  builtin.module {",
-             f"    func.func {sym}(%bx: !stream.binding, %bw: !stream.binding, %m: index, %by: !stream.binding) {{"]
+    return (_executable_head(sym, kern.blocks // kern.blocks_per_workgroup,
+                             "%bx: !stream.binding, %bw: !stream.binding, %m: index, %by: !stream.binding")
             + [f"      {line}" for line in consts]
             + [f"      %ckb = arith.constant {kb} : index",
                f"      %cchains = arith.constant {c} : index",
@@ -159,20 +152,39 @@ def executable_text(kern: Kernel, sym: str) -> list[str]:
                "      %wg = hal.interface.workgroup.id[0] : index",
                f"      %x = stream.binding.subspan %bx[%c0] : !stream.binding -> {x_t}{{%m}}",
                f"      %w = stream.binding.subspan %bw[%c0] : !stream.binding -> {w_t}",
-               f"      %y = stream.binding.subspan %by[%c0] : !stream.binding -> {y_t}{{%m}}",
-               "      %b0 = arith.muli %wg, %cper : index",
-               "      scf.for %b = %c0 to %cper step %c1 {",
-               "        %block = arith.addi %b0, %b : index",
-               "        %tile = arith.muli %block, %ctiles : index"]
-            + [f"        %tile{t} = arith.addi %tile, %c{t} : index" for t in range(tb)]
-            + [f"        %col{t} = arith.muli %tile{t}, %c{LANES} : index" for t in range(tb)]
-            + ["        scf.for %r = %c0 to %m step %crows {"]
-            + [f"          %row{i} = arith.addi %r, %c{i} : index" for i in range(rb)]
+               f"      %y = stream.binding.subspan %by[%c0] : !stream.binding -> {y_t}{{%m}}"]
+            + _block_loops(rb, tb)
             + [f"          %acc:{len(accs)} = scf.for %k = %c0 to %ckb step %cchains iter_args({inits}) -> ({types}) {{"]
             + [f"            {line}" for line in step]
             + [f"            scf.yield {yields} : {types}", "          }"]
             + [f"          {line}" for line in stores]
             + ["        }", "      }", "      return", "    }", "  }", "}"])
+
+
+def _executable_head(sym: str, workgroups: int, args: str) -> list[str]:
+    """The opening lines of a one-function stream.executable: `workgroups` workgroups along x,
+    then `func.func @sym(args) {` (the caller closes the function, module and executable)."""
+    return [f"stream.executable private {sym} {{",
+            f"  stream.executable.export public {sym} workgroups() -> (index, index, index) {{",
+            f"    %g = arith.constant {workgroups} : index",
+            "    %one = arith.constant 1 : index",
+            "    stream.return %g, %one, %one : index, index, index",
+            "  }",
+            "  builtin.module {",
+            f"    func.func {sym}({args}) {{"]
+
+
+def _block_loops(rb: int, tb: int) -> list[str]:
+    """A kernel's two outer loops, opened: this workgroup's column blocks (%cper of them, each
+    %ctiles tiles of LANES columns: %col0..) and the rows, %crows at a time (%row0..)."""
+    return (["      %b0 = arith.muli %wg, %cper : index",
+             "      scf.for %b = %c0 to %cper step %c1 {",
+             "        %block = arith.addi %b0, %b : index",
+             "        %tile = arith.muli %block, %ctiles : index"]
+            + [f"        %tile{t} = arith.addi %tile, %c{t} : index" for t in range(tb)]
+            + [f"        %col{t} = arith.muli %tile{t}, %c{LANES} : index" for t in range(tb)]
+            + ["        scf.for %r = %c0 to %m step %crows {"]
+            + [f"          %row{i} = arith.addi %r, %c{i} : index" for i in range(rb)])
 
 
 def column_sums_text(e: Emitter, n: int, k: int, weight: tuple[str, str], sym: str) -> list[str]:
@@ -430,16 +442,10 @@ def int4_executable_text(kern: Int4Kernel, sym: str) -> list[str]:
                      f"%ny{a} = math.fma %f{a}, %sc{a}, %y{a} : {fvec}"]
     consts = [f"%c{v} = arith.constant {v} : index"
               for v in sorted({0, 1, DEPTH, INT4_DEPTH, LANES} | set(range(max(rb, tb, UNROLL))))]
-    return ([f"stream.executable private {sym} {{",
-             f"  stream.executable.export public {sym} workgroups() -> (index, index, index) {{",
-             f"    %g = arith.constant {kern.blocks // kern.blocks_per_workgroup} : index",
-             "    %one = arith.constant 1 : index",
-             "    stream.return %g, %one, %one : index, index, index",
-             "  }",
-             "  builtin.module {",
-             f"    func.func {sym}(%bx: !stream.binding, "
-             + ("" if kern.fused else "%bxs: !stream.binding, %bxc: !stream.binding, ")
-             + "%bw: !stream.binding, %bs: !stream.binding, %m: index, %by: !stream.binding) {"]
+    return (_executable_head(sym, kern.blocks // kern.blocks_per_workgroup,
+                             "%bx: !stream.binding, "
+                             + ("" if kern.fused else "%bxs: !stream.binding, %bxc: !stream.binding, ")
+                             + "%bw: !stream.binding, %bs: !stream.binding, %m: index, %by: !stream.binding")
             + [f"      {line}" for line in consts]
             + [f"      %cunroll = arith.constant {unroll} : index",
                f"      %csteps = arith.constant {steps} : index",
@@ -458,15 +464,8 @@ def int4_executable_text(kern: Int4Kernel, sym: str) -> list[str]:
                                            f"%xc = stream.binding.subspan %bxc[%c0] : !stream.binding -> {xc_t}{{%m}}"])]
             + [f"      %w = stream.binding.subspan %bw[%c0] : !stream.binding -> {w_t}",
                f"      %s = stream.binding.subspan %bs[%c0] : !stream.binding -> {s_t}",
-               f"      %y = stream.binding.subspan %by[%c0] : !stream.binding -> {y_t}{{%m}}",
-               "      %b0 = arith.muli %wg, %cper : index",
-               "      scf.for %b = %c0 to %cper step %c1 {",
-               "        %block = arith.addi %b0, %b : index",
-               "        %tile = arith.muli %block, %ctiles : index"]
-            + [f"        %tile{t} = arith.addi %tile, %c{t} : index" for t in range(tb)]
-            + [f"        %col{t} = arith.muli %tile{t}, %c{LANES} : index" for t in range(tb)]
-            + ["        scf.for %r = %c0 to %m step %crows {"]
-            + [f"          %row{i} = arith.addi %r, %c{i} : index" for i in range(rb)]
+               f"      %y = stream.binding.subspan %by[%c0] : !stream.binding -> {y_t}{{%m}}"]
+            + _block_loops(rb, tb)
             + [f"          %out:{len(faccs)} = scf.for %grp = %c0 to %cgroups step %c1 iter_args("
                + ", ".join(f"%y{i}_{t} = %fzero" for i, t in faccs) + f") -> ({ftypes}) {{",
                "            %kb0 = arith.muli %grp, %csteps : index",
