@@ -182,10 +182,10 @@ def test_w4a8_stores_values_and_scales_for_its_kernel(checkpoint, artifacts):
         np.testing.assert_array_equal(scales.reshape(n, k // 32).view(np.float32), want_s)
 
 
-@pytest.mark.parametrize("quantize", ["int4", "w4a8"])
+@pytest.mark.parametrize("quantize", ["int4", "w4a16", "w4a8"])
 def test_the_shipped_model_compiles_and_follows_the_interpreter(tmp_path, quantize):
     """The shipped model's shapes are the awkward ones: gate/up has 688 out-features (int4
-    prefill cannot dequantize first there, lowering/quantized.py) and down_proj 344 in-features
+    and w4a16 prefill cannot dequantize first there, lowering/quantized.py) and down_proj 344 in-features
     (groups of 86, not whole 8-value steps: w4a8's VNNI kernel cannot take it, so it is stored
     [in, out] and runs the int8 grid through the weight-only kernel, while gate/up takes the
     VNNI kernel on such a CPU). Each artifact compiles and follows the interpreter."""
