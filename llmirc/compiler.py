@@ -265,8 +265,7 @@ def compile_checkpoint(opts: CompileOptions, progress: Progress | None = _stderr
     from .lowering import lower_to_iree
 
     t = stage(f"lower to IREE input (attention: {target.attention})")
-    # weight-only quantized kernels are faster with a dynamic batch; w8a8's and w4a16's integer products with a static one
-    decode_batches = target.decode_batches(opts.opt_level, quantized=quant is not None and not quant.act_bits)
+    decode_batches = target.decode_batches(opts.opt_level, quantized=_dynamic_decode(quant, target, opts.tp))
     prefill_rows = target.prefill_rows(opts.opt_level)
     iree_input = target.module_text(lower_to_iree(model.module, attention=target.attention, buckets=buckets,
                                                   tile=target.systolic_tile, backend=_backend(target),
@@ -347,7 +346,7 @@ def _compile_pipeline(opts: CompileOptions, model, target: TargetProfile, dtype:
     from .lowering import lower_to_iree
 
     t = stage(f"lower to IREE input (attention: {target.attention}), {opts.pp} stages")
-    decode_batches = target.decode_batches(opts.opt_level, quantized=quant is not None and not quant.act_bits)
+    decode_batches = target.decode_batches(opts.opt_level, quantized=_dynamic_decode(quant, target))
     inputs = [target.module_text(lower_to_iree(m, attention=target.attention, tile=target.systolic_tile,
                                                backend=_backend(target), decode_batches=decode_batches,
                                                vnni=target.vnni))
@@ -425,6 +424,16 @@ class _LazyParams(Mapping):
 
     def __len__(self) -> int:
         return len(self.names)
+
+
+def _dynamic_decode(quant: QuantConfig | None, target: TargetProfile, devices: int = 1) -> bool:
+    """Weight-only quantized decode is faster through IREE's kernel with a dynamic batch, unless
+    lowering/gemv.py's kernel takes the scheme on this target (static batches; one-device
+    modules only); w8a8's, w4a8's and w4a16's integer products are faster with a static one."""
+    from .lowering.gemv import takes_decode
+
+    return (quant is not None and not quant.act_bits
+            and not (devices == 1 and takes_decode(target.vnni, quant.bits, quant.symmetric)))
 
 
 def _backend(t: TargetProfile) -> str | None:

@@ -30,7 +30,7 @@ from iree.compiler import ir
 from ..dialect.ops import ACT_TINY
 from ..dialect.types import from_mlir
 from ..pipelines.shard_tp import NUM_DEVICES
-from . import vnni
+from . import gemv, vnni
 from .emitter import TV, Emitter, affine_map, tensor_type
 from .ops import LOp, LoweringError, _as_2d, _from_2d, _group_split, lowering
 
@@ -163,6 +163,11 @@ def quantized_matmul(e: Emitter, op: LOp) -> list[TV]:
                             f"i4 vector), got {n}")
     x2 = _as_2d(e, x)
     m = x2.dims[0]
+    if _weight_only_gemv(op, q, s, z, m, k, n, g):
+        kern = gemv.Kernel(m, k, n, g)
+        exe = op.module.define(("gemv", kern), kern.name, lambda sym, _: gemv.executable_text(kern, sym))
+        y = gemv.product(e, x2, qt, st, kern, exe)
+        return [_from_2d(e, y, op.result_dims(0, x.dims[:-1] + (n,))[:-1])]
     if op.attrs.get("act_bits") == 8:  # w4a8 without its VNNI kernel: the input on its int8 grid
         x2 = _int8_group_grid(e, x2, g)
     elif op.attrs.get("act_bits"):  # w4a16: the input on its int16 grid
@@ -225,6 +230,16 @@ def quantized_matmul(e: Emitter, op: LOp) -> list[TV]:
 
     y = e.generic(3, ins, [(e.filled((m, n), ft, 0.0), ["d0", "d1"])], stage2, reductions=(2,))[0]
     return [_from_2d(e, y, op.result_dims(0, x.dims[:-1] + (n,))[:-1])]
+
+
+def _weight_only_gemv(op: LOp, q: TV, s: TV, z: TV | None, m, k, n, g: int) -> bool:
+    """A symmetric weight-only int4 product of few static rows on an AVX-512 CPU (the VNNI
+    ones), its values and scales stored [in, out], in a one-device module (as vnni.py's):
+    lowering/gemv.py's dispatch, not IREE's."""
+    stored = getattr(op.module, "transposed", ())
+    return (not op.attrs.get("act_bits") and z is None and q.dtype == "i4" and op.options.get("backend") == "llvm-cpu"
+            and bool(op.options.get("vnni")) and getattr(op.module, "num_devices", 1) == 1
+            and q.name in stored and s.name in stored and gemv.fits(m, k, n, g))
 
 
 # IREE 3.13 fuses an int4 weight's dequantization into the f32 matmul's pack; where the
