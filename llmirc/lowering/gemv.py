@@ -22,8 +22,8 @@ How (docs/quantization.md, "int4 decode"):
 - Symmetric weights only (no zero points), groups a multiple of UNROLL, N a multiple of 64;
   everything else keeps IREE's kernel.
 
-Measured (1.1B, decode_b1): 754 us per gate/up call against IREE's 1440, at 16 GB/s of weight
-bytes; the strided walk keeps it there (the same loop over a weight that fits in L3 runs at
+Measured (1.1B, decode_b1): 815 us per gate/up call against IREE's 964 + 256 (its second,
+reducing dispatch), at 15 GB/s of weight bytes; the strided walk keeps it there (the same loop over a weight that fits in L3 runs at
 twice that). An int8 form of the same loop ran at 12.6 GB/s, below IREE's int8 kernel (25 GB/s
 on the same walk), so int8 keeps IREE's.
 """
