@@ -103,13 +103,14 @@ def executable_text(kern: Kernel, sym: str) -> list[str]:
 
     step, carried = [], {a: f"%a{a[0]}_{a[1]}" for a in accs}
     row_bytes = kern.columns // 2  # of one weight row a workgroup reads
+    prefetch_lines = -(-row_bytes // 64)  # 64-byte lines (one block of 64 columns: half a line)
     for u in range(UNROLL):
         step.append(f"%k{u} = arith.addi %kb, %c{u} : index")
         # the rows PREFETCH ahead, line by line: each weight row of a block is on another page,
         # where the hardware prefetchers do not follow
         step += [f"%pk{u}a = arith.addi %k{u}, %cpf : index", f"%pk{u} = arith.minui %pk{u}a, %clast : index"]
         step += [f"memref.prefetch %w[%pk{u}, %pb{j}], read, locality<3>, data : {w_t}"
-                 for j in range(row_bytes // 64)]
+                 for j in range(prefetch_lines)]
         widened = []  # (accumulator vector t, its i32 values)
         for p in pairs:
             step += [f"%b{u}_{p} = vector.load %w[%k{u}, %byte{p}] : {w_t}, {bvec}",
@@ -143,7 +144,7 @@ def executable_text(kern: Kernel, sym: str) -> list[str]:
     ftypes = ", ".join([fvec] * len(accs))
     offsets = {t * LANES for t in vecs}
     consts = [f"%c{v} = arith.constant {v} : index"
-              for v in sorted({0, 1, 2, kern.columns, row_bytes} | offsets | {64 * j for j in range(row_bytes // 64)}
+              for v in sorted({0, 1, 2, kern.columns, row_bytes} | offsets | {64 * j for j in range(prefetch_lines)}
                               | set(range(max(rb, UNROLL))))]
     return ([f"stream.executable private {sym} {{",
              f"  stream.executable.export public {sym} workgroups() -> (index, index, index) {{",
@@ -174,7 +175,7 @@ def executable_text(kern: Kernel, sym: str) -> list[str]:
             + [f"      %byte{p} = arith.divui %col{2 * p}, %c2 : index" for p in pairs]
             + [f"      %cpf = arith.constant {PREFETCH} : index", f"      %clast = arith.constant {kern.k - 1} : index",
                f"      %bcol = arith.muli %wg, %c{row_bytes} : index"]
-            + [f"      %pb{j} = arith.addi %bcol, %c{64 * j} : index" for j in range(row_bytes // 64)]
+            + [f"      %pb{j} = arith.addi %bcol, %c{64 * j} : index" for j in range(prefetch_lines)]
             + ["      scf.for %r = %c0 to %crows step %crb {"]
             + [f"        %row{i} = arith.addi %r, %c{i} : index" for i in range(rb)]
             + [f"        {line}" for line in zeros]
