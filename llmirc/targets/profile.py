@@ -107,9 +107,10 @@ class TargetProfile:
     o3_prefill_rows: int | None = None
 
     def decode_batches(self, opt_level: int, quantized: bool = False) -> tuple[int, ...]:
-        """The static-batch decode functions to export. None for quantized weights: the tuned
+        """The static-batch decode functions to export. None for `quantized` weights: the tuned
         quantized-matmul kernel (lowering/quantized.py) is faster with a dynamic batch (int8
-        decode 5.3 vs 2.6 tok/s on the 1.1B model; docs/quantization.md)."""
+        decode 5.3 vs 2.6 tok/s on the 1.1B model; docs/quantization.md). The compiler passes
+        quantized=False where lowering/gemv.py's kernel takes the products instead."""
         if opt_level < 3 or self.static_shapes or quantized:
             return ()
         return self.o3_decode_batches
