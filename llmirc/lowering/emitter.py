@@ -265,6 +265,19 @@ class Emitter:
         return self.v(f"linalg.index {i} : index", "i")
 
 
+def executable_head(sym: str, workgroups: int, args: str) -> list[str]:
+    """The opening lines of a one-function stream.executable: `workgroups` workgroups along x,
+    then `func.func @sym(args) {` (the caller closes the function, module and executable)."""
+    return [f"stream.executable private {sym} {{",
+            f"  stream.executable.export public {sym} workgroups() -> (index, index, index) {{",
+            f"    %g = arith.constant {workgroups} : index",
+            "    %one = arith.constant 1 : index",
+            "    stream.return %g, %one, %one : index, index, index",
+            "  }",
+            "  builtin.module {",
+            f"    func.func {sym}({args}) {{"]
+
+
 def _reassoc(groups: Sequence[Sequence[int]]) -> str:
     return "[" + ", ".join("[" + ", ".join(map(str, g)) + "]" for g in groups) + "]"
 

@@ -23,8 +23,8 @@ How (docs/quantization.md, "int4 decode"):
   everything else keeps IREE's kernel.
 
 Measured (1.1B, decode_b1): 815 us per gate/up call against IREE's 964 + 256 (its second,
-reducing dispatch), at 15 GB/s of weight bytes; the strided walk keeps it there (the same loop over a weight that fits in L3 runs at
-twice that). An int8 form of the same loop ran at 12.6 GB/s, below IREE's int8 kernel (25 GB/s
+reducing dispatch), at 15 GB/s of weight bytes; the strided walk keeps it there (the same
+loop over a weight that fits in L3 runs at twice that). An int8 form of the same loop ran at 12.6 GB/s, below IREE's int8 kernel (25 GB/s
 on the same walk), so int8 keeps IREE's.
 """
 
@@ -32,7 +32,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from .emitter import TV, Emitter, tensor_type
+from .emitter import TV, Emitter, executable_head, tensor_type
 
 LANES = 16  # f32 lanes of a 512-bit vector
 BLOCK = 64  # output columns of one "line" of the block: 32 weight bytes a row, 4 accumulator vectors
@@ -144,17 +144,10 @@ def executable_text(kern: Kernel, sym: str) -> list[str]:
     ftypes = ", ".join([fvec] * len(accs))
     offsets = {t * LANES for t in vecs}
     consts = [f"%c{v} = arith.constant {v} : index"
-              for v in sorted({0, 1, 2, kern.columns, row_bytes} | offsets | {64 * j for j in range(prefetch_lines)}
+              for v in sorted({0, 1, 2, kern.columns} | offsets | {64 * j for j in range(prefetch_lines)}
                               | set(range(max(rb, UNROLL))))]
-    return ([f"stream.executable private {sym} {{",
-             f"  stream.executable.export public {sym} workgroups() -> (index, index, index) {{",
-             f"    %g = arith.constant {kern.n // kern.columns} : index",
-             "    %one = arith.constant 1 : index",
-             "    stream.return %g, %one, %one : index, index, index",
-             "  }",
-             "  builtin.module {",
-             f"    func.func {sym}(%bx: !stream.binding, %bw: !stream.binding, %bs: !stream.binding, "
-             "%by: !stream.binding) {"]
+    return (executable_head(sym, kern.n // kern.columns,
+                            "%bx: !stream.binding, %bw: !stream.binding, %bs: !stream.binding, %by: !stream.binding")
             + [f"      {line}" for line in consts]
             + [f"      %cgroup = arith.constant {kern.group} : index",
                f"      %cgroups = arith.constant {groups} : index",
@@ -173,9 +166,8 @@ def executable_text(kern: Kernel, sym: str) -> list[str]:
                f"      %col = arith.muli %wg, %c{kern.columns} : index"]
             + [f"      %col{t} = arith.addi %col, %c{t * LANES} : index" for t in vecs]
             + [f"      %byte{p} = arith.divui %col{2 * p}, %c2 : index" for p in pairs]
-            + [f"      %cpf = arith.constant {PREFETCH} : index", f"      %clast = arith.constant {kern.k - 1} : index",
-               f"      %bcol = arith.muli %wg, %c{row_bytes} : index"]
-            + [f"      %pb{j} = arith.addi %bcol, %c{64 * j} : index" for j in range(prefetch_lines)]
+            + [f"      %cpf = arith.constant {PREFETCH} : index", f"      %clast = arith.constant {kern.k - 1} : index"]
+            + [f"      %pb{j} = arith.addi %byte0, %c{64 * j} : index" for j in range(prefetch_lines)]
             + ["      scf.for %r = %c0 to %crows step %crb {"]
             + [f"        %row{i} = arith.addi %r, %c{i} : index" for i in range(rb)]
             + [f"        {line}" for line in zeros]

@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..dialect.ops import ACT_TINY
-from .emitter import TV, Emitter, float_literal, tensor_type
+from .emitter import TV, Emitter, executable_head, float_literal, tensor_type
 
 INTRINSIC = "llvm.x86.avx512.vpdpbusd.512"
 LANES = 16  # int32 accumulators per 512-bit vector: output columns per tile
@@ -140,7 +140,7 @@ def executable_text(kern: Kernel, sym: str) -> list[str]:
                 total = f"%s{acc(i, t, j)}"
             stores.append(f"vector.store {total}, %y[%row{i}, %col{t}] : {y_t}, {vec}")
     consts = [f"%c{v} = arith.constant {v} : index" for v in sorted({0, 1, DEPTH, LANES} | set(range(max(rb, tb, c))))]
-    return (_executable_head(sym, kern.blocks // kern.blocks_per_workgroup,
+    return (executable_head(sym, kern.blocks // kern.blocks_per_workgroup,
                              "%bx: !stream.binding, %bw: !stream.binding, %m: index, %by: !stream.binding")
             + [f"      {line}" for line in consts]
             + [f"      %ckb = arith.constant {kb} : index",
@@ -159,19 +159,6 @@ def executable_text(kern: Kernel, sym: str) -> list[str]:
             + [f"            scf.yield {yields} : {types}", "          }"]
             + [f"          {line}" for line in stores]
             + ["        }", "      }", "      return", "    }", "  }", "}"])
-
-
-def _executable_head(sym: str, workgroups: int, args: str) -> list[str]:
-    """The opening lines of a one-function stream.executable: `workgroups` workgroups along x,
-    then `func.func @sym(args) {` (the caller closes the function, module and executable)."""
-    return [f"stream.executable private {sym} {{",
-            f"  stream.executable.export public {sym} workgroups() -> (index, index, index) {{",
-            f"    %g = arith.constant {workgroups} : index",
-            "    %one = arith.constant 1 : index",
-            "    stream.return %g, %one, %one : index, index, index",
-            "  }",
-            "  builtin.module {",
-            f"    func.func {sym}({args}) {{"]
 
 
 def _block_loops(rb: int, tb: int) -> list[str]:
@@ -442,7 +429,7 @@ def int4_executable_text(kern: Int4Kernel, sym: str) -> list[str]:
                      f"%ny{a} = math.fma %f{a}, %sc{a}, %y{a} : {fvec}"]
     consts = [f"%c{v} = arith.constant {v} : index"
               for v in sorted({0, 1, DEPTH, INT4_DEPTH, LANES} | set(range(max(rb, tb, UNROLL))))]
-    return (_executable_head(sym, kern.blocks // kern.blocks_per_workgroup,
+    return (executable_head(sym, kern.blocks // kern.blocks_per_workgroup,
                              "%bx: !stream.binding, "
                              + ("" if kern.fused else "%bxs: !stream.binding, %bxc: !stream.binding, ")
                              + "%bw: !stream.binding, %bs: !stream.binding, %m: index, %by: !stream.binding")
