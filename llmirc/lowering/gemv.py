@@ -17,15 +17,16 @@ How (docs/quantization.md, "int4 decode"):
   shift right 4: the odd column), converts both to f32 and adds x[row, k] * q into f32
   accumulators per row, even and odd columns apart. After each group it interleaves them
   back into column order and adds acc x s[group] into y in memory.
-- The rows of a block are K pages apart (a [K, N] weight), where the hardware prefetchers do
-  not follow: the kernel prefetches PREFETCH rows ahead itself.
+- The rows of a block are a page or more apart (a [K, N] weight), where the hardware
+  prefetchers do not follow: the kernel prefetches PREFETCH rows ahead itself.
 - Symmetric weights only (no zero points), groups a multiple of UNROLL, N a multiple of 64;
   everything else keeps IREE's kernel.
 
 Measured (1.1B, decode_b1): 815 us per gate/up call against IREE's 964 + 256 (its second,
-reducing dispatch), at 15 GB/s of weight bytes; the strided walk keeps it there (the same
-loop over a weight that fits in L3 runs at twice that). An int8 form of the same loop ran at 12.6 GB/s, below IREE's int8 kernel (25 GB/s
-on the same walk), so int8 keeps IREE's.
+reducing dispatch), at 15 GB/s of weight bytes. That is its instructions: alone
+(benchmarks/gemv_int4.py) it runs at the same rate on a weight that stays in L3 as on one that
+does not, about 32 G weights/s. An int8 form of the same loop ran at 12.6 GB/s in the model,
+below IREE's int8 kernel (25 GB/s on the same walk), so int8 keeps IREE's.
 """
 
 from __future__ import annotations
@@ -61,8 +62,8 @@ class Kernel:
     @property
     def lines(self) -> int:
         """BLOCK-column lines a workgroup: as many as 16 accumulators allow while MIN_WORKGROUPS
-        remain. More bytes of a weight row per visit stream better (one line: 23 against 36
-        GB/s for four on an L3-resident weight)."""
+        remain. More bytes of a weight row per visit stream better (measured on the loop's int8
+        form, an L3-resident weight: 23 GB/s with one 64-byte line a row, 36 with four)."""
         return next(v for v in (4, 2, 1) if v * self.row_block <= ROW_BLOCK and self.n % (BLOCK * v) == 0
                     and (self.n // (BLOCK * v) >= MIN_WORKGROUPS or v == 1))
 
