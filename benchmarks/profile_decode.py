@@ -74,7 +74,12 @@ def dispatch_rows(prof: Path) -> list[dict]:
 
 def weight_bytes(name: str) -> int | None:
     """Bytes of the weight a batch-small matmul dispatch streams, from IREE's dispatch name
-    (`..._matmul_like_4x2048x768_f32` or `..._matmul_transpose_b_1x2048x768_f32`: MxNxK)."""
+    (`..._matmul_like_4x2048x768_f32` or `..._matmul_transpose_b_1x2048x768_f32`: MxNxK) or
+    lowering/gemv.py's (`gemv_i4_1x2048x11264_g128`: rows x K x N, int4 values and f32 scales)."""
+    g = re.search(r"gemv_i4_\d+x(\d+)x(\d+)_g(\d+)", name)
+    if g:
+        k, n, group = int(g[1]), int(g[2]), int(g[3])
+        return k * n // 2 + k // group * n * 4
     m = re.search(r"matmul(?:_like|_transpose_b)?_(D|\d+)x(\d+)x(\d+)_(f32|f16|bf16|i8)", name)
     if not m:
         return None

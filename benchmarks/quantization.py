@@ -108,6 +108,8 @@ def accuracy_table(tmp: Path) -> str:
     target = accuracy.targets(windows)
     variants = {"f32": {}, "int8 (g128, sym)": {"quantize": "int8"}, "int4 (g128, sym)": {"quantize": "int4"},
                 "int4 (g32, asym)": {"quantize": "int4", "group_size": 32, "symmetric": False},
+                "int8 (g128, sym), lm_head too": {"quantize": "int8", "keep_float": "embed"},
+                "int4 (g128, sym), lm_head too": {"quantize": "int4", "keep_float": "embed"},
                 "w8a8 (two planes on down_proj)": {"quantize": "w8a8"},
                 "w4a8 (g128, int8 activation groups)": {"quantize": "w4a8"},
                 "w4a16 (g128, int16 activations)": {"quantize": "w4a16"},

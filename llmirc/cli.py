@@ -107,6 +107,10 @@ def main() -> None:
               help="Zero points: none (symmetric) or one per group (asymmetric; int4 values then 0..15).")
 @click.option("--keep-float", default="embed,lm_head", show_default=True,
               help="Linears whose weight name or location contains one of these (comma-separated) stay float.")
+@click.option("--lm-head", type=click.Choice(["float", "int8", "int4"]), default="float", show_default=True,
+              help="With --quantize: lm_head weight-only in these bits whatever --quantize is (int8: one "
+                   "scale per output channel; int4: groups of --group-size), as llama.cpp gives Q4_0 models a "
+                   "Q6_K output. In f32 it is a third of an int4 decode step's bytes (docs/quantization.md).")
 @click.option("--dtype", type=click.Choice(["auto", "f32", "f16", "bf16"]), default="auto", show_default=True,
               help="Storage type of float weight matrices; activations and accumulation stay f32. auto: the "
                    "checkpoint's torch_dtype (f32, f16, bf16) where the target supports it, else f32.")
@@ -119,7 +123,7 @@ def main() -> None:
 @click.option("-q", "--quiet", is_flag=True, help="No progress output.")
 def compile(checkpoint: Path | None, output: Path, target: str, opt_level: int, emit: str,
             max_seq_len: int | None, page_size: int | None, passes: str | None, quantize: str | None,
-            group_size: int | None, symmetric: bool, keep_float: str, dtype: str, buckets: str | None,
+            group_size: int | None, symmetric: bool, keep_float: str, lm_head: str, dtype: str, buckets: str | None,
             tp: int, pp: int, print_ir_after_all: bool,
             print_ir_after: tuple[str, ...], timing: bool, no_verify_each: bool, as_json: bool,
             quiet: bool) -> None:
@@ -136,7 +140,7 @@ def compile(checkpoint: Path | None, output: Path, target: str, opt_level: int, 
     opts = CompileOptions(checkpoint or DEFAULT_MODEL, output, target, opt_level, emit, max_seq_len, page_size,
                           passes, print_ir_after_all, print_ir_after, timing, not no_verify_each,
                           quantize=quantize, group_size=group_size, symmetric=symmetric, keep_float=keep_float,
-                          dtype=dtype, buckets=buckets, tp=tp, pp=pp)
+                          lm_head=lm_head, dtype=dtype, buckets=buckets, tp=tp, pp=pp)
     heartbeat = Heartbeat(sys.stderr)
     result = compile_checkpoint(opts, progress=None if quiet else heartbeat.stage, warn=_warning,
                                 tick=heartbeat.tick)

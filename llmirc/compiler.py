@@ -55,6 +55,7 @@ class CompileOptions:
     group_size: int | None = None  # None: DEFAULT_GROUP_SIZE; only with quantize
     symmetric: bool = True
     keep_float: str = "embed,lm_head"  # linears whose weight name/location contains one stay float
+    lm_head: str = "float"  # "int8" | "int4": lm_head weight-only in those bits, with quantize (LM_HEAD_SCHEMES)
     # Weight matrices stored as f32 | f16 | bf16 (activations stay f32); "auto": the checkpoint's
     # torch_dtype where the target supports it, else f32 (resolve_dtype).
     dtype: str = "auto"
@@ -191,8 +192,11 @@ def compile_checkpoint(opts: CompileOptions, progress: Progress | None = _stderr
     if opts.group_size is not None and not opts.quantize:
         raise LlmircError(f"--group-size {opts.group_size} does nothing without --quantize int8|int4; "
                           "add --quantize or drop --group-size")
+    if opts.lm_head != "float" and not opts.quantize:
+        raise LlmircError(f"--lm-head {opts.lm_head} quantizes lm_head beside the other linears; add --quantize "
+                          "int8|int4|w8a8|w4a8|w4a16 or drop --lm-head")
     group_size = DEFAULT_GROUP_SIZE if opts.group_size is None else opts.group_size
-    quant = QuantConfig.parse(opts.quantize, group_size, opts.symmetric, opts.keep_float) \
+    quant = QuantConfig.parse(opts.quantize, group_size, opts.symmetric, opts.keep_float, opts.lm_head) \
         if opts.quantize else None
     target = resolve(opts.target)
     target.check_precision("f32" if opts.dtype == "auto" else opts.dtype, opts.quantize)
@@ -457,6 +461,7 @@ def _weights_record(dtype: str, requested: str, quant: QuantConfig | None, types
     if quant is not None:
         record["quantize"] = {"scheme": quant.scheme, "group_size": quant.group_size,
                               "symmetric": quant.symmetric, "keep_float": quant.keep,
+                              "lm_head": f"int{quant.lm_head_bits}" if quant.lm_head_bits else "float",
                               "layer_group_sizes": layer_group_sizes(types)}
     return record
 

@@ -79,8 +79,12 @@ def weights_summary(m: Manifest) -> str:
         text += f" (--dtype {w['requested_dtype']})"
     q = w.get("quantize")
     if isinstance(q, dict):
+        head = q.get("lm_head", "float")
+        kept = [k for k in str(q.get("keep_float") or "").split("|") if k and not (head != "float" and k == "lm_head")]
         text += (f"; {q.get('scheme')} groups of {q.get('group_size')}, "
-                 f"{'symmetric' if q.get('symmetric') else 'asymmetric'}, float: {q.get('keep_float') or 'none'}")
+                 f"{'symmetric' if q.get('symmetric') else 'asymmetric'}, float: {'|'.join(kept) or 'none'}")
+        if head != "float":
+            text += f", lm_head {head}"
         layers = q.get("layer_group_sizes")
         if isinstance(layers, dict):
             counts: dict = {}

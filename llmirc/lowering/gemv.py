@@ -12,21 +12,26 @@ How (docs/quantization.md, "int4 decode"):
   values [K, N] two per byte along N, column 2j in the low nibble; scales [groups, N]), so
   prefill's dequantize-first path and the dynamic-batch kernel read the same bytes.
 - Each workgroup owns `columns` output columns (64 x lines). For each in-feature k it loads
-  the block's bytes of weight row k, sign-extends each byte to i32 and takes the low nibble
-  (shift left 28, arithmetic shift right 28: the even column) and the high one (arithmetic
-  shift right 4: the odd column), converts both to f32 and adds x[row, k] * q into f32
-  accumulators per row, even and odd columns apart. After each group it interleaves them
-  back into column order and adds acc x s[group] into y in memory.
+  the block's bytes of weight row k, zero-extends each byte to i32 and turns both nibbles into
+  f32 with one vpermps each from a 16-entry table of the signed values (the byte itself picks
+  the low nibble, the even column; the byte shifted right by 4 the high one, the odd column),
+  then adds x[row, k] * q into f32 accumulators per row, even and odd columns apart. After each
+  group it interleaves them back into column order and adds acc x s[group] into y in memory.
 - The rows of a block are a page or more apart (a [K, N] weight), where the hardware
   prefetchers do not follow: the kernel prefetches PREFETCH rows ahead itself.
 - Symmetric weights only (no zero points), groups a multiple of UNROLL, N a multiple of 64;
   everything else keeps IREE's kernel.
 
-Measured (1.1B, decode_b1): 815 us per gate/up call against IREE's 964 + 256 (its second,
-reducing dispatch), at 15 GB/s of weight bytes. That is its instructions: alone
-(benchmarks/gemv_int4.py) it runs at the same rate on a weight that stays in L3 as on one that
-does not, about 32 G weights/s. An int8 form of the same loop ran at 12.6 GB/s in the model,
-below IREE's int8 kernel (25 GB/s on the same walk), so int8 keeps IREE's.
+Measured (1.1B, decode_b1, the slower of the 2-core EPYCs): 815 us per gate/up call against
+IREE's 964 + 256 (its second, reducing dispatch), at 15 GB/s of weight bytes. That was the
+instructions of the kernel's first form, which took nibbles apart with shifts (per 32 weights:
+widen, 3 shifts, 2 conversions besides the FMAs); alone (benchmarks/gemv_int4.py) it ran at the
+same rate on a weight that stays in L3 as on one that does not. The table lookup takes 4 ops
+(widen, 1 shift, 2 lookups): on a faster EPYC, 31-35 GB/s against 25-26 on an L3-resident
+[2048, 11264] weight; on DRAM-sized ones, and in the 1.1B model, both forms run at the rate of
+the strided [K, N] walk there (30-32 GB/s in the model, 64 % of its streaming read). An int8
+form of the same loop ran at 12.6 GB/s in the model, below IREE's int8 kernel (25 GB/s on the
+same walk), so int8 keeps IREE's.
 """
 
 from __future__ import annotations
@@ -41,6 +46,9 @@ UNROLL = 4  # in-features a step of the inner loop
 ROW_BLOCK = 4  # rows sharing one widened weight row: 16 accumulators at most (rows x 4 x lines)
 MAX_ROWS = 8  # static row counts up to this take the kernel (decode_b1 .. decode_b8)
 MIN_WORKGROUPS = 8  # enough workgroups to keep every worker busy
+# a signed nibble's value by its bits 0..15 (two's complement), the table vpermps reads
+NIBBLES = tuple(range(8)) + tuple(range(-8, 0))
+PERMUTE = '"llvm.x86.avx512.permvar.sf.512"'  # vpermps: lane i of the result = table[index[i] & 15]
 PREFETCH = 16  # weight rows ahead of the one multiplied that the kernel prefetches (0 or 8: slower)
 
 
@@ -112,15 +120,15 @@ def executable_text(kern: Kernel, sym: str) -> list[str]:
         step += [f"%pk{u}a = arith.addi %k{u}, %cpf : index", f"%pk{u} = arith.minui %pk{u}a, %clast : index"]
         step += [f"memref.prefetch %w[%pk{u}, %pb{j}], read, locality<3>, data : {w_t}"
                  for j in range(prefetch_lines)]
-        widened = []  # (accumulator vector t, its i32 values)
         for p in pairs:
+            # the bytes of 32 columns zero-extended to i32; vpermps reads the low 4 bits of each
+            # lane, so the byte picks its low nibble's value (the even column) from the table and
+            # the byte shifted right by 4 its high one (the odd column), already as f32
             step += [f"%b{u}_{p} = vector.load %w[%k{u}, %byte{p}] : {w_t}, {bvec}",
-                     f"%e{u}_{p} = arith.extsi %b{u}_{p} : {bvec} to {ivec}",  # the byte, sign-extended
-                     f"%l{u}_{p} = arith.shli %e{u}_{p}, %c28v : {ivec}",
-                     f"%lo{u}_{p} = arith.shrsi %l{u}_{p}, %c28v : {ivec}",  # low nibble, signed: even column
-                     f"%hi{u}_{p} = arith.shrsi %e{u}_{p}, %c4v : {ivec}"]  # high nibble, signed: odd column
-            widened += [(2 * p, f"%lo{u}_{p}"), (2 * p + 1, f"%hi{u}_{p}")]
-        step += [f"%f{u}_{t} = arith.sitofp {v} : {ivec} to {fvec}" for t, v in widened]
+                     f"%e{u}_{p} = arith.extui %b{u}_{p} : {bvec} to {ivec}",
+                     f"%h{u}_{p} = arith.shrui %e{u}_{p}, %c4v : {ivec}",
+                     f"%f{u}_{2 * p} = llvm.call_intrinsic {PERMUTE}(%lut, %e{u}_{p}) : ({fvec}, {ivec}) -> {fvec}",
+                     f"%f{u}_{2 * p + 1} = llvm.call_intrinsic {PERMUTE}(%lut, %h{u}_{p}) : ({fvec}, {ivec}) -> {fvec}"]
         for i in range(rb):
             step += [f"%xs{u}_{i} = memref.load %x[%row{i}, %k{u}] : {x_t}",
                      f"%xb{u}_{i} = vector.broadcast %xs{u}_{i} : f32 to {fvec}"]
@@ -157,8 +165,8 @@ def executable_text(kern: Kernel, sym: str) -> list[str]:
                f"      %cunroll = arith.constant {UNROLL} : index",
                f"      %fzero = arith.constant dense<0.0> : {fvec}",
                f"      %wzero = arith.constant dense<0.0> : {wide}",
-               f"      %c28v = arith.constant dense<28> : {ivec}",
                f"      %c4v = arith.constant dense<4> : {ivec}",
+               f"      %lut = arith.constant dense<[{', '.join(str(float(v)) for v in NIBBLES)}]> : {fvec}",
                "      %wg = hal.interface.workgroup.id[0] : index",
                f"      %x = stream.binding.subspan %bx[%c0] : !stream.binding -> {x_t}",
                f"      %w = stream.binding.subspan %bw[%c0] : !stream.binding -> {w_t}",

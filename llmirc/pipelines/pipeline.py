@@ -17,7 +17,7 @@ def precision_passes(quantize: QuantConfig | None = None, dtype: str = "f32") ->
     """Phase 4 of every level: int8/int4 linears (--quantize), f16/bf16 matrices (--dtype)."""
     passes: list[PassSpec] = []
     if quantize is not None:
-        passes.append(quantize.pass_spec())
+        passes += quantize.pass_specs()
     if dtype != "f32":
         passes.append(("convert-weights", {"dtype": dtype}))
     return passes + [("dce", {})] if passes else []

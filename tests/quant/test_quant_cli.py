@@ -23,6 +23,9 @@ def _run(*args: str) -> subprocess.CompletedProcess:
      "error: Invalid value for '--group-size': 0 is not in the range x>=1."),
     (["--dtype", "f64"], "error: Invalid value for '--dtype': 'f64' is not one of 'auto', 'f32', 'f16', 'bf16'"),
     (["--group-size", "64"], "error: --group-size 64 does nothing without --quantize int8|int4"),
+    (["--lm-head", "int8"], "error: --lm-head int8 quantizes lm_head beside the other linears; add --quantize"),
+    (["--quantize", "int4", "--lm-head", "int2"],
+     "error: Invalid value for '--lm-head': 'int2' is not one of 'float', 'int8', 'int4'"),
 ])
 def test_bad_precision_options(tiny_checkpoint, tmp_path, args, message):
     r = _run("compile", str(tiny_checkpoint), "-o", str(tmp_path / "out"), "--emit", "llm-opt", *args)
@@ -38,6 +41,17 @@ def test_quantize_emit_llm_opt(tiny_checkpoint, tmp_path):
     text = out.read_text()
     assert 'int4_g32_asym.qweight"} : () -> tensor<256x64xi4>' in text  # fused gate/up: [2 * 128, 64]
     assert "down_proj.weight.bf16" in text and "lm_head.weight.bf16" in text and "embed_tokens.weight.bf16" in text
+
+
+def test_lm_head_option_in_ir_and_manifest(tiny_checkpoint, tmp_path):
+    """--lm-head int8 on int4: lm_head's own int8 weight, one scale per output channel (the
+    tiny model's 64 in-features), recorded in the manifest and shown by inspect."""
+    out = tmp_path / "q.mlir"
+    r = _run("compile", str(tiny_checkpoint), "-o", str(out), "--emit", "llm-opt", "--quantize", "int4",
+             "--lm-head", "int8", "-q")
+    assert r.returncode == 0, r.stderr
+    text = out.read_text()
+    assert '"llm.linear"' not in text and 'lm_head.weight.int8_g64_sym.qweight"' in text
 
 
 def test_make_prequantized_checkpoint_then_compile_llm(tmp_path):

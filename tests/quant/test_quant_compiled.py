@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from llmirc.artifacts.describe import weights_summary
+from llmirc.artifacts.manifest import read_manifest
 from llmirc.artifacts.params import read_params, unpack_int4
 from llmirc.compiler import CompileOptions, compile_checkpoint
 from llmirc.dialect.context import functions, weight_types
@@ -70,7 +72,8 @@ def _interpreted(checkpoint: Path, kw: dict, level: int):
     """The optimized IR and its weights, as `compile_checkpoint` builds them."""
     m = import_checkpoint(checkpoint)
     quant = QuantConfig.parse(kw["quantize"], kw.get("group_size") or 128, kw.get("symmetric", True),
-                              kw.get("keep_float", "embed,lm_head")) if "quantize" in kw else None
+                              kw.get("keep_float", "embed,lm_head"), kw.get("lm_head", "float")) \
+        if "quantize" in kw else None
     store = m.weight_store()
     PassManager(pipeline_for_level(level, PAGE, quant, kw.get("dtype", "f32")), weights=store).run(m.module)
     return m.module, store
@@ -182,16 +185,19 @@ def test_w4a8_stores_values_and_scales_for_its_kernel(checkpoint, artifacts):
         np.testing.assert_array_equal(scales.reshape(n, k // 32).view(np.float32), want_s)
 
 
-@pytest.mark.parametrize("quantize", ["int4", "w4a16", "w4a8"])
-def test_the_shipped_model_compiles_and_follows_the_interpreter(tmp_path, quantize):
+@pytest.mark.parametrize("quantize,lm_head", [("int4", "float"), ("int4", "int8"), ("w4a16", "float"),
+                                             ("w4a8", "float")])
+def test_the_shipped_model_compiles_and_follows_the_interpreter(tmp_path, quantize, lm_head):
     """The shipped model's shapes are the awkward ones: gate/up has 688 out-features (int4
     and w4a16 prefill cannot dequantize first there, lowering/quantized.py) and down_proj 344 in-features
     (groups of 86, not whole 8-value steps: w4a8's VNNI kernel cannot take it, so it is stored
     [in, out] and runs the int8 grid through the weight-only kernel, while gate/up takes the
-    VNNI kernel on such a CPU). Each artifact compiles and follows the interpreter."""
+    VNNI kernel on such a CPU). Each artifact compiles and follows the interpreter; with
+    --lm-head int8 the static-batch decode's lm_head is an int8 weight-only product beside
+    int4's kernel."""
     from llmirc.cli import DEFAULT_MODEL
 
-    kw = dict(quantize=quantize)
+    kw = dict(quantize=quantize, lm_head=lm_head)
     compile_checkpoint(CompileOptions(DEFAULT_MODEL, tmp_path / "a", opt_level=3, page_size=PAGE, **kw),
                        progress=None)
     module, store = _interpreted(DEFAULT_MODEL, kw, 3)
@@ -206,6 +212,12 @@ def test_the_shipped_model_compiles_and_follows_the_interpreter(tmp_path, quanti
     up = next(n for n in params if "up_proj" in n and n.endswith(".qweight"))
     if quantize == "w4a8" and has_vnni("host"):  # [out/16, in/8, 64]
         assert params[up].ndim == 3 and params[up].shape[2] == 64
+    head = [n for n in params if n.startswith("lm_head.weight")]
+    assert head == (["lm_head.weight"] if lm_head == "float"
+                    else [f"lm_head.weight.int8_g128_sym.{p}" for p in ("qweight", "scales")])
+    manifest = read_manifest(tmp_path / "a", verify_checksums=False)
+    assert manifest.compiler["weights"]["quantize"]["lm_head"] == lm_head
+    assert ("float: embed, lm_head int8" in weights_summary(manifest)) == (lm_head == "int8")
 
 
 def test_archive_holds_packed_transposed_int4(checkpoint, artifacts):

@@ -100,6 +100,35 @@ def test_keep_empty_quantizes_lm_head_too(model):
         np.testing.assert_array_equal(g, e)
 
 
+@pytest.mark.parametrize("head_bits", [8, 4], ids=["int8-head", "int4-head"])
+def test_lm_head_takes_its_own_bits(model, tmp_path, head_bits):
+    """QuantConfig(lm_head_bits): the layers int4, lm_head weight-only in its own bits, exactly
+    the model with those fake-quantized weights (int4 layers and an int8 lm_head: llama.cpp's
+    Q4_0 with a higher-precision output). An int4 lm_head needs a vocab that is a multiple of 8."""
+    if head_bits == 4:
+        spec = CheckpointSpec(layers=2, hidden=64, heads=4, kv_heads=2, intermediate=128, vocab=320, seed=3)
+        model = import_checkpoint(make_checkpoint(tmp_path / "ckpt", spec))
+    weights = model.weights()
+    head_group = weights["lm_head.weight"].shape[1] if head_bits == 8 else GROUP  # int8: one scale per row
+    fake = {n: reference.fake_quant(w, 4, GROUP, True) if _is_layer_linear(n)
+            else reference.fake_quant(w, head_bits, head_group, True) if n == "lm_head.weight" else w
+            for n, w in weights.items()}
+    _, expected = _run(model, WeightStore.from_arrays(fake), pipeline_for_level(2, 4))
+    quant = QuantConfig.parse("int4", GROUP, lm_head=f"int{head_bits}")
+    assert [spec[1].get("only", "") for spec in quant.pass_specs()] == ["lm_head", ""]
+    m, got = _run(model, WeightStore.from_arrays(weights), pipeline_for_level(2, 4, quant))
+    text = print_module(m.module)
+    assert '"llm.linear"' not in text and f"lm_head.weight.int{head_bits}_g{head_group}_sym.qweight" in text
+    for e, g in zip(expected, got):
+        np.testing.assert_array_equal(g, e)
+
+
+def test_lm_head_scheme_is_checked():
+    with pytest.raises(PassError, match="--lm-head must be one of float, int8, int4"):
+        QuantConfig.parse("int4", lm_head="int2")
+    assert QuantConfig.parse("int4").pass_specs() == [QuantConfig.parse("int4").pass_spec()]
+
+
 def test_keep_names_layers(model):
     m = import_checkpoint(model.checkpoint.directory)
     store = WeightStore.from_arrays(model.weights())
@@ -117,6 +146,21 @@ def test_tied_embeddings_keep_the_table_float(tmp_path):
     PassManager(pipeline_for_level(2, 4, QuantConfig(8, GROUP)), weights=store).run(m.module)
     text = print_module(m.module)
     assert text.count('"llm.linear"') == len(ENTRY_FUNCTIONS) and "embed_tokens.weight.int8" not in text
+
+
+def test_tied_embeddings_lm_head_quantized_keeps_the_table_float(tmp_path):
+    """--lm-head int8 on tied embeddings: the product reads an int8 copy, the gather the float table."""
+    spec = CheckpointSpec(layers=1, hidden=64, intermediate=128, vocab=300, tie_embeddings=True, seed=1)
+    m = import_checkpoint(make_checkpoint(tmp_path / "tied", spec))
+    weights = m.weights()
+    store = WeightStore.from_arrays(weights)
+    PassManager(pipeline_for_level(2, 4, QuantConfig.parse("int4", GROUP, lm_head="int8")), weights=store).run(m.module)
+    text = print_module(m.module)
+    assert '"llm.linear"' not in text and text.count('"llm.embedding"') == len(ENTRY_FUNCTIONS)
+    table = [n for n in weights if "embed_tokens" in n][0]
+    hidden = weights[table].shape[1]
+    q, _, _ = reference.quantize(weights[table], 8, hidden, True)
+    np.testing.assert_array_equal(store[tensor_names(table, 8, hidden, True)[0]].astype(np.int64), q)
 
 
 @pytest.mark.parametrize("k,group,bits,expected", [
