@@ -86,11 +86,15 @@ LLMIRC = {"f32": {}, "f16": {"dtype": "f16"},
           "int4-g128": {"quantize": "int4"}, "int4-g32": {"quantize": "int4", "group_size": 32},
           "w8a8": {"quantize": "w8a8"},
           "w4a8-g128": {"quantize": "w4a8"}, "w4a8-g32": {"quantize": "w4a8", "group_size": 32},
-          "w4a16-g128": {"quantize": "w4a16"}, "w4a16-g32": {"quantize": "w4a16", "group_size": 32}}
-GGUF = ("f32", "f16", "Q8_0", "Q4_0")
+          "w4a16-g128": {"quantize": "w4a16"}, "w4a16-g32": {"quantize": "w4a16", "group_size": 32},
+          "int4-g128 lm_head int8": {"quantize": "int4", "lm_head": "int8"}}
+# Q4_0 mix: llama-quantize's own choice for Q4_0 (not --pure): the output matrix Q6_K, the token
+# embedding Q4_0; the pairing for llmirc's quantized lm_head (--lm-head int8)
+MIX = "Q4_0 mix"
+GGUF = ("f32", "f16", "Q8_0", "Q4_0", MIX)
 PAIRS = {"f32": "f32", "f16": "f16", "int8-g128": "Q8_0", "int8-g32": "Q8_0", "int4-g128": "Q4_0",
          "int4-g32": "Q4_0", "w8a8": "Q8_0", "w4a8-g128": "Q4_0", "w4a8-g32": "Q4_0",
-         "w4a16-g128": "Q4_0", "w4a16-g32": "Q4_0"}
+         "w4a16-g128": "Q4_0", "w4a16-g32": "Q4_0", "int4-g128 lm_head int8": MIX}
 
 # ggml tensor types: (weights per block, bytes per block)
 GGML_BLOCK = {"F32": (1, 4), "F16": (1, 2), "BF16": (1, 2), "Q8_0": (32, 34), "Q4_0": (32, 18),
@@ -238,11 +242,12 @@ def convert(lc: LlamaCpp, ckpt: Path, out: Path, outtype: str) -> None:
          cwd=lc.src)
 
 
-def quantize(lc: LlamaCpp, src: Path, out: Path, qtype: str) -> None:
+def quantize(lc: LlamaCpp, src: Path, out: Path, qtype: str, pure: bool = True) -> None:
     """Every linear in `qtype`; the token embedding and the output matrix stay f32 (--pure: no
-    k-quant mixture, e.g. Q6_K for the output, which llama-quantize picks by default)."""
-    _run([lc.bin("llama-quantize"), "--pure", "--token-embedding-type", "f32", "--output-tensor-type", "f32",
-          src, out, qtype, THREADS])
+    k-quant mixture, e.g. Q6_K for the output, which llama-quantize picks by default). pure
+    False: llama-quantize's default mixture for `qtype`."""
+    keep = ["--pure", "--token-embedding-type", "f32", "--output-tensor-type", "f32"] if pure else []
+    _run([lc.bin("llama-quantize"), *keep, src, out, qtype, THREADS])
 
 
 def gguf_tensors(lc: LlamaCpp, path: Path) -> list[tuple[str, str, int]]:
@@ -351,13 +356,14 @@ def run_size(size: str, lc: LlamaCpp, args, tmp: Path) -> SizeResult:
     if not (ckpt / "tokenizer.json").exists():
         write_tokenizer(ckpt, spec.vocab)
     files = {"f32": tmp / "model-f32.gguf", "f16": tmp / "model-f16.gguf",
-             "Q8_0": tmp / "model-q8_0.gguf", "Q4_0": tmp / "model-q4_0.gguf"}
+             "Q8_0": tmp / "model-q8_0.gguf", "Q4_0": tmp / "model-q4_0.gguf", MIX: tmp / "model-q4_0-mix.gguf"}
     step("convert f32", convert, lc, ckpt, files["f32"], "f32")
     step("convert f16", convert, lc, ckpt, files["f16"], "f16")
     for q in ("Q8_0", "Q4_0"):
         step(f"quantize {q}", quantize, lc, files["f32"], files[q], q)
+    step(f"quantize {MIX}", quantize, lc, files["f32"], files[MIX], "Q4_0", pure=False)
     timers: dict = {}
-    arts = {name: tmp / f"llmirc-{name}" for name in LLMIRC}
+    arts = {name: tmp / f"llmirc-{name.replace(' ', '-')}" for name in LLMIRC}
     # two compiles at a time: iree-compile runs mostly on one core (1b: 1m39 user of 1m44 wall)
     with concurrent.futures.ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
         jobs = {name: pool.submit(timed_compile, CompileOptions(ckpt, arts[name], opt_level=3, **kw))
@@ -443,7 +449,9 @@ def report(results: list[SizeResult], machine, lc: LlamaCpp, args, command: str)
         "(g128) and is shown at --group-size 32 (g32) too, the like-for-like pairing. llama-bench decodes at "
         f"context 0..{GEN}, llmirc at {PROMPT}..{PROMPT + GEN}: its KV reads (f32) are not in the roofline "
         "bytes. Roofline = bandwidth / bytes one decode step reads (all weights but the token "
-        "embedding; GGUF: its tensor bytes, Q8_0 34 and Q4_0 18 bytes per 32 weights).", ""]
+        "embedding; GGUF: its tensor bytes, Q8_0 34 and Q4_0 18 bytes per 32 weights). "
+        f"Last row: llama-quantize's default Q4_0 ({MIX}: output matrix Q6_K, 210 bytes per 256 weights) "
+        "against llmirc int4 with `--lm-head int8` (lm_head int8, one scale per output channel).", ""]
     for r in results:
         spec = PRESETS[r.size]
         lines += [f"**{r.size}** ({r.params / 1e6:.1f}M parameters: {spec.layers} layers, hidden {spec.hidden}, "
