@@ -78,6 +78,12 @@ class Engine:
         self.max_seq_len: int = m.max_seq_len
         self.vocab_size: int = m.vocab_size
         target = self.manifest.target
+        if target.extra.get("vnni") and target.device == "local":
+            from llmirc.targets.cpu import host_flags, vnni_artifact_error
+
+            why = vnni_artifact_error(self.artifact_dir, f"{target.name}:{target.variant}", host_flags())
+            if why:
+                raise LlmircError(why)
         # Static-shape targets (tpu-like): entry points per bucket, a pool size fixed at compile time.
         self.buckets: StaticBuckets | None = StaticBuckets.from_manifest(self.manifest)
         if self.buckets is not None:

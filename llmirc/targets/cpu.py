@@ -49,13 +49,32 @@ def cpu_profile(variant: str) -> TargetProfile:
                          vnni=has_vnni(variant))
 
 
+def host_flags() -> frozenset[str] | None:
+    """This machine's CPU feature flags (Linux /proc/cpuinfo), or None where they cannot be read."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return None
+
+
+def vnni_artifact_error(artifact: object, target: object, flags: frozenset[str] | None) -> str | None:
+    """Why an artifact whose kernels use AVX512-VNNI (manifest target.vnni) cannot run on a CPU with
+    `flags`, or None: it would stop at its first VNNI or AVX-512 instruction (SIGILL) instead of
+    saying so. Unknown flags (not Linux) are given the benefit of the doubt."""
+    if flags is None or "avx512_vnni" in flags:
+        return None
+    return (f"artifact {artifact} was compiled for a CPU with AVX512-VNNI (target {target}: its quantized "
+            "kernels use VNNI and AVX-512 instructions) and this CPU has no avx512_vnni; recompile it here "
+            "(llmirc compile ... --target cpu)")
+
+
 def has_vnni(variant: str) -> bool:
     """Whether the variant's CPU has AVX512-VNNI; for "host", whether this machine's does
     (Linux /proc/cpuinfo; elsewhere no: the portable kernel is always correct)."""
     if variant != "host":
         return variant in VNNI_CPUS
-    try:
-        return any(line.startswith("flags") and "avx512_vnni" in line.split()
-                   for line in Path("/proc/cpuinfo").read_text().splitlines())
-    except OSError:
-        return False
+    flags = host_flags()
+    return flags is not None and "avx512_vnni" in flags
