@@ -72,6 +72,9 @@ def dispatch_rows(prof: Path) -> list[dict]:
     return [r for r in map(json.loads, out.splitlines()) if r.get("type") == "host_dispatch_group"]
 
 
+ELEMENT_BYTES = {"f32": 4, "f16": 2, "bf16": 2, "i8": 1}  # of a weight's type in a dispatch name
+
+
 def weight_bytes(name: str) -> int | None:
     """Bytes of the weight a batch-small matmul dispatch streams, from IREE's dispatch name
     (`..._matmul_like_4x2048x768_f32` or `..._matmul_transpose_b_1x2048x768_f32`: MxNxK) or
@@ -83,12 +86,12 @@ def weight_bytes(name: str) -> int | None:
         return k * n // 2 + k // group * n * 4
     v = re.search(r"matvec_like_(\d+)x(\d+)_f32x(f32|f16|bf16|i8)", name)  # one row: N x K, the weight's type
     if v:
-        return int(v[1]) * int(v[2]) * {"f32": 4, "f16": 2, "bf16": 2, "i8": 1}[v[3]]
+        return int(v[1]) * int(v[2]) * ELEMENT_BYTES[v[3]]
     m = re.search(r"matmul(?:_like|_transpose_b)?_(D|\d+)x(\d+)x(\d+)_(f32|f16|bf16|i8)", name)
     if not m:
         return None
     n, k, dtype = int(m[2]), int(m[3]), m[4]
-    return n * k * {"f32": 4, "f16": 2, "bf16": 2, "i8": 1}[dtype]
+    return n * k * ELEMENT_BYTES[dtype]
 
 
 def main() -> None:

@@ -461,7 +461,7 @@ def _weights_record(dtype: str, requested: str, quant: QuantConfig | None, types
     if quant is not None:
         record["quantize"] = {"scheme": quant.scheme, "group_size": quant.group_size,
                               "symmetric": quant.symmetric, "keep_float": quant.keep,
-                              "lm_head": f"int{quant.lm_head_bits}" if quant.lm_head_bits else "float",
+                              "lm_head": quant.lm_head,
                               "layer_group_sizes": layer_group_sizes(types)}
     return record
 

@@ -79,8 +79,8 @@ def weights_summary(m: Manifest) -> str:
         text += f" (--dtype {w['requested_dtype']})"
     q = w.get("quantize")
     if isinstance(q, dict):
-        head = q.get("lm_head", "float")
-        kept = [k for k in str(q.get("keep_float") or "").split("|") if k and not (head != "float" and k == "lm_head")]
+        head = q.get("lm_head", "float")  # a quantized lm_head is not float, whatever keep_float names
+        kept = [k for k in str(q.get("keep_float") or "").split("|") if k and (head == "float" or k != "lm_head")]
         text += (f"; {q.get('scheme')} groups of {q.get('group_size')}, "
                  f"{'symmetric' if q.get('symmetric') else 'asymmetric'}, float: {'|'.join(kept) or 'none'}")
         if head != "float":

@@ -4,8 +4,8 @@ Match: `llm.linear` / `llm.fused_linear` whose weight is an `llm.weight` (run af
 fold-weights, so the fused q/k/v and gate/up weights are quantized whole) unless the weight's
 name or the op's location contains one of the `keep` substrings (default: embeddings and
 lm_head stay in float), and, when `only` is given, just those it names (`--lm-head int8`:
-lm_head in its own bits, a pass of its own before the one for the other linears). Rewrite: `llm.quantized_matmul` on derived weights
-`<name>.<scheme>.qweight` (i8, or i4 for int4), `.scales` (f32 [out, in / group]) and, when
+lm_head in its own bits, a pass of its own before the one for the other linears). Rewrite:
+`llm.quantized_matmul` on derived weights `<name>.<scheme>.qweight` (i8, or i4 for int4), `.scales` (f32 [out, in / group]) and, when
 asymmetric, `.qzeros` (i8); a bias becomes an `llm.add` and a fused activation its own ops
 after the matmul (the lowering's elementwise epilogues, which IREE fuses back into the matmul's
 dispatch). Why: decode reads every weight once per token; int8 reads 1/4 and int4 1/8 of f32's
@@ -126,6 +126,11 @@ class QuantConfig:
     @property
     def scheme(self) -> str:
         return {8: f"w{self.bits}a8", 16: "w4a16"}.get(self.act_bits, f"int{self.bits}")
+
+    @property
+    def lm_head(self) -> str:
+        """--lm-head's value: "float" or "int8" / "int4" (LM_HEAD_SCHEMES)."""
+        return f"int{self.lm_head_bits}" if self.lm_head_bits else "float"
 
     def pass_spec(self) -> PassSpec:
         """The pass for every linear but lm_head's when `lm_head_bits` gives it its own."""
