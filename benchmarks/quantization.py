@@ -34,7 +34,8 @@ from llmirc.testing.checkpoints import PRESETS, make_large_checkpoint, n_params
 from docs_section import write_doc_section
 
 PRECISIONS = {"f32": {}, "f16": {"dtype": "f16"}, "int8": {"quantize": "int8"}, "int4": {"quantize": "int4"},
-              "w8a8": {"quantize": "w8a8"}, "w4a8": {"quantize": "w4a8"}, "w4a16": {"quantize": "w4a16"}}
+              "w8a8": {"quantize": "w8a8"}, "w4a8": {"quantize": "w4a8"}, "w4a16": {"quantize": "w4a16"},
+              "int4-lm_head-int8": {"quantize": "int4", "lm_head": "int8"}}
 DOC = Path(__file__).resolve().parent.parent / "docs" / "quantization.md"
 
 
@@ -110,6 +111,7 @@ def accuracy_table(tmp: Path) -> str:
                 "int4 (g32, asym)": {"quantize": "int4", "group_size": 32, "symmetric": False},
                 "int8 (g128, sym), lm_head too": {"quantize": "int8", "keep_float": "embed"},
                 "int4 (g128, sym), lm_head too": {"quantize": "int4", "keep_float": "embed"},
+                "int4 (g128, sym), --lm-head int8": {"quantize": "int4", "lm_head": "int8"},
                 "w8a8 (two planes on down_proj)": {"quantize": "w8a8"},
                 "w4a8 (g128, int8 activation groups)": {"quantize": "w4a8"},
                 "w4a16 (g128, int16 activations)": {"quantize": "w4a16"},
