@@ -78,12 +78,13 @@ ELEMENT_BYTES = {"f32": 4, "f16": 2, "bf16": 2, "i8": 1}  # of a weight's type i
 def weight_bytes(name: str) -> int | None:
     """Bytes of the weight a batch-small matmul dispatch streams, from IREE's dispatch name
     (`..._matmul_like_4x2048x768_f32` or `..._matmul_transpose_b_1x2048x768_f32`: MxNxK) or
-    lowering/gemv.py's (`gemv_i4_1x2048x11264_g128`: rows x K x N, int4 values and f32 scales) or a
+    lowering/gemv.py's (`gemv_i4_1x2048x11264_g128`: rows (D: any) x K x N, int4 or int8 values and
+    f32 scales) or a
     one-row weight-only int8 product's (`..._matvec_like_32000x2048_f32xi8xf32`: N x K, values only)."""
-    g = re.search(r"gemv_i4_\d+x(\d+)x(\d+)_g(\d+)", name)
+    g = re.search(r"gemv_i(4|8)_(?:D|\d+)x(\d+)x(\d+)_g(\d+)", name)
     if g:
-        k, n, group = int(g[1]), int(g[2]), int(g[3])
-        return k * n // 2 + k // group * n * 4
+        bits, k, n, group = int(g[1]), int(g[2]), int(g[3]), int(g[4])
+        return k * n * bits // 8 + k // group * n * 4
     v = re.search(r"matvec_like_(\d+)x(\d+)_f32x(f32|f16|bf16|i8)", name)  # one row: N x K, the weight's type
     if v:
         return int(v[1]) * int(v[2]) * ELEMENT_BYTES[v[3]]

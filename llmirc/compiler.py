@@ -295,7 +295,7 @@ def compile_checkpoint(opts: CompileOptions, progress: Progress | None = _stderr
     manifest = write_bundle(
         opts.output, vmfb=vmfb, params=_LazyParams(weights, weight_types(model.module),
                                                     stored_transposed(model.module),
-                                                    stored_vnni(model.module) if target.vnni else set()),
+                                                    stored_vnni(model.module) if target.vnni else {}),
         tokenizer_files=model.tokenizer_files(),
         model=model.config.summary(), target=_target_record(target, opts.opt_level, buckets, opts.tp),
         entry_points=_entry_points(target, buckets, decode_batches, opts.tp,
@@ -372,11 +372,11 @@ def _compile_pipeline(opts: CompileOptions, model, target: TargetProfile, dtype:
     t = stage(f"write artifact {opts.output}")
     types: dict = {}
     transposed: set[str] = set()
-    vnni: set[str] = set()
+    vnni: dict[str, str] = {}
     for m in modules:
         types |= weight_types(m)
         transposed |= stored_transposed(m)
-        vnni |= stored_vnni(m) if target.vnni else set()
+        vnni |= stored_vnni(m) if target.vnni else {}
     record = _target_record(target, opts.opt_level, None, 1)
     record["devices"] = {"count": opts.pp, "kind": target.device, "parallelism": "pipeline",
                          "stages": [{"layers": [a, b], "vmfb": stage_vmfb_name(i),
@@ -410,16 +410,17 @@ def _timed(result: CompileResult, opts: CompileOptions) -> CompileResult:
 class _LazyParams(Mapping):
     """The tensors the IR references, computed/loaded one at a time as the archive is written,
     each encoded as the lowering reads it (int4 packed two per byte, bf16 bits, quantized
-    matmul weights transposed, w8a8 values in the VNNI layout where the target has it)."""
+    matmul weights transposed, or in a CPU kernel's layout where the target has VNNI: `vnni`,
+    weight name -> lowering/quantized.py's STORED_LAYOUTS kind)."""
 
-    def __init__(self, store: WeightStore, types: dict, transposed: set[str], vnni: set[str]):
+    def __init__(self, store: WeightStore, types: dict, transposed: set[str], vnni: dict[str, str]):
         self.store, self.types, self.transposed, self.names = store, types, transposed, list(types)
         self.vnni = vnni
 
     def __getitem__(self, name: str):
         from .artifacts.params import encode_param
 
-        value = encode_param(self.store[name], self.types[name].dtype, name in self.transposed, name in self.vnni)
+        value = encode_param(self.store[name], self.types[name].dtype, name in self.transposed, self.vnni.get(name))
         self.store.drop_cached(set())  # intermediates (f32 originals of derived weights) can go now
         return value
 
@@ -432,8 +433,9 @@ class _LazyParams(Mapping):
 
 def _dynamic_decode(quant: QuantConfig | None, target: TargetProfile, devices: int = 1) -> bool:
     """Weight-only quantized decode is faster through IREE's kernel with a dynamic batch, unless
-    lowering/gemv.py's kernel takes the scheme on this target (static batches; one-device
-    modules only); w8a8's, w4a8's and w4a16's integer products are faster with a static one."""
+    lowering/gemv.py's kernel takes the scheme on this target (symmetric int4 and int8 on VNNI
+    CPUs, one-device modules: one pass over the weight for a static batch); w8a8's, w4a8's and
+    w4a16's integer products are faster with a static one."""
     from .lowering.gemv import takes_decode
 
     return (quant is not None and not quant.act_bits

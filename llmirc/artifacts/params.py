@@ -52,16 +52,17 @@ def unpack_int4(packed: np.ndarray, shape: tuple[int, ...], signed: bool) -> np.
     return out.reshape(shape)
 
 
-def encode_param(array: np.ndarray, dtype: str, transposed: bool = False, vnni: bool = False) -> np.ndarray:
+def encode_param(array: np.ndarray, dtype: str, transposed: bool = False, layout: str | None = None) -> np.ndarray:
     """A weight as the archive stores it for an IR element type: i4 packed two per byte,
     bf16 as its 16-bit patterns (rounded to nearest even), others as that numpy dtype;
     `transposed` (a 2-D weight of a quantized matmul, see lowering/quantized.py) stores it [in, out];
-    `vnni` (w8a8 / w4a8 weights on a VNNI CPU, lowering/vnni.py) in that kernel's order."""
-    if vnni:
-        from llmirc.lowering.vnni import pack_stored
+    `layout` (w8a8 / w4a8 / weight-only weights on a VNNI CPU: a kind of lowering/quantized.py's
+    STORED_LAYOUTS) in that kernel's order."""
+    if layout:
+        from llmirc.lowering.quantized import pack_stored
 
-        return pack_stored(array, dtype)
-    if transposed:
+        array, dtype = pack_stored(array, dtype, layout)
+    elif transposed:
         array = np.ascontiguousarray(np.asarray(array).T)
     if dtype == "i4":
         return pack_int4(array)

@@ -278,6 +278,57 @@ def executable_head(sym: str, workgroups: int, args: str) -> list[str]:
             f"    func.func {sym}({args}) {{"]
 
 
+# ---- a dispatch's rows: padded to its kernel's row block, cut back after --------------------
+
+def rows_padded(e: Emitter, m, block: int) -> tuple[str, str]:
+    """(m, m rounded up to a multiple of `block`) as index SSA values (the same one when m is a
+    static multiple)."""
+    mv = e.dim_value(m)
+    if isinstance(m, int) and m % block == 0:
+        return mv, mv
+    c = e.idx(block)
+    return mv, e.v(f"arith.muli {e.v(f'arith.ceildivui {mv}, {c} : index')}, {c} : index", "d")
+
+
+def dynamic_rows(e: Emitter, v: TV, mv: str, mp: str) -> tuple[str, str]:
+    """v [m, c] as a [?, c] tensor of mp rows (zero rows appended when mp > m) and its type."""
+    dyn = tensor_type(("?",) + v.dims[1:], v.dtype)
+    x = e.v(f"tensor.cast {v.name} : {v.type} to {dyn}") if isinstance(v.dims[0], int) else v.name
+    if mp == mv:
+        return x, dyn
+    pad, zero, x_in, x = e.v(f"arith.subi {mp}, {mv} : index", "d"), e.const(0, v.dtype), x, e.fresh("pad")
+    e.emit(f"{x} = tensor.pad {x_in} low[0, 0] high[{pad}, 0] {{")
+    e.emit(f"^bb0({x}i: index, {x}j: index):")
+    e.emit(f"  tensor.yield {zero} : {v.dtype}")
+    e.emit(f"}} : {dyn} to {dyn}")
+    return x, dyn
+
+
+def static_rows(e: Emitter, raw: str, m, mv: str, mp: str, n: int, dtype: str) -> TV:
+    """The [mp, n] result of a dispatch cut back to its m rows, static again where m is."""
+    yt = tensor_type(("?", n), dtype)
+    if mp != mv:
+        raw = e.v(f"tensor.extract_slice {raw}[0, 0] [{mv}, {n}] [1, 1] : {yt} to {yt}", "s")
+    if isinstance(m, int):
+        raw = e.v(f"tensor.cast {raw} : {yt} to {tensor_type((m, n), dtype)}")
+    return TV(raw, (m, n), dtype)
+
+
+def row_padded_dispatch(e: Emitter, executable: str, rows: list[TV], fixed: list[tuple[str, str]], block: int,
+                        n: int, dtype: str, tag: str) -> TV:
+    """flow.dispatch of a kernel whose row operands (`rows`, each [m, ...]) it takes as dynamic
+    [mp, ...] tensors, mp = m padded to a multiple of `block`, then its row count as an index:
+    (row operands..., fixed (name, type) operands..., mp) -> [mp, n] `dtype`, cut back to [m, n]."""
+    m = rows[0].dims[0]
+    mv, mp = rows_padded(e, m, block)
+    ins = [dynamic_rows(e, v, mv, mp) for v in rows]
+    yt = tensor_type(("?", n), dtype)
+    names = ", ".join([x for x, _ in ins] + [name for name, _ in fixed] + [mp])
+    types = ", ".join([f"{t}{{{mp}}}" for _, t in ins] + [t for _, t in fixed] + ["index"])
+    raw = e.v(f"flow.dispatch {executable}::{executable}({names}) : ({types}) -> {yt}{{{mp}}}", tag)
+    return static_rows(e, raw, m, mv, mp, n, dtype)
+
+
 def _reassoc(groups: Sequence[Sequence[int]]) -> str:
     return "[" + ", ".join("[" + ", ".join(map(str, g)) + "]" for g in groups) + "]"
 

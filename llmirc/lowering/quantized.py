@@ -25,6 +25,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
 from iree.compiler import ir
 
 from ..dialect.ops import ACT_TINY
@@ -66,17 +67,19 @@ def _int_attr(op: ir.Operation, name: str) -> int:
 
 def _weight_only_use(user: ir.Operation, operand: int) -> bool:
     """Read as an int4 (weight-only, w4a16 or w4a8) or weight-only int8 quantized_matmul's
-    values / scales / zero points. w8a8 reads its [out, in] values as stored; so does w4a8's VNNI
-    kernel, whose weights `stored_vnni` packs instead (that rule wins where both hold)."""
+    values / scales / zero points. w8a8 reads its [out, in] values as stored; the CPU kernels'
+    weights `stored_vnni` lays out instead (that rule wins where both hold: w4a8's values and
+    scales, the weight-only kernel's values)."""
     if user.name != "llm.quantized_matmul" or operand not in QUANTIZED_OPERANDS:
         return False
     return _int_attr(user, "act_bits") == 0 or _int_attr(user, "bits") == 4
 
 
-def _weights_read_only(module: ir.Module, read: Callable[[ir.Operation, int, tuple], bool]) -> set[str]:
-    """Names of the weights that have uses, all of them `read(user, operand number, the
-    weight's shape)`, wherever each name is loaded."""
-    uses: dict[str, bool] = {}
+def _weights_read_as(module: ir.Module, kind_of: Callable[[ir.Operation, int, tuple], str | None]) -> dict[str, str]:
+    """Weight name -> the one kind `kind_of(user, operand number, the weight's shape)` gives
+    every use of it, wherever the name is loaded; weights without uses, or whose uses give None
+    or disagree, are left out."""
+    kinds: dict[str, set] = {}
 
     def visit(op: ir.Operation) -> ir.WalkResult:
         op = op.operation if hasattr(op, "operation") else op
@@ -84,41 +87,72 @@ def _weights_read_only(module: ir.Module, read: Callable[[ir.Operation, int, tup
             name = ir.StringAttr(op.attributes["name"]).value
             shape = from_mlir(op.results[0].type).shape
             users = list(op.results[0].uses)
-            ok = bool(users) and all(read(getattr(u.owner, "operation", u.owner), u.operand_number, shape)
-                                     for u in users)
-            uses[name] = uses.get(name, True) and ok
+            seen = kinds.setdefault(name, set())
+            seen |= {kind_of(getattr(u.owner, "operation", u.owner), u.operand_number, shape) for u in users}
+            if not users:
+                seen.add(None)
         return ir.WalkResult.ADVANCE
 
     module.operation.walk(visit)
-    return {name for name, ok in uses.items() if ok}
+    return {name: next(iter(seen)) for name, seen in kinds.items() if len(seen) == 1 and None not in seen}
 
 
 def stored_transposed(module: ir.Module) -> set[str]:
     """Names of the weights the archive stores transposed: read only as quantized_matmul
     values / scales / zero points. The lowering and the archive writer both use this rule."""
-    return _weights_read_only(module, lambda user, operand, _: _weight_only_use(user, operand))
+    return set(_weights_read_as(module, lambda user, operand, _: "transposed" if _weight_only_use(user, operand)
+                                else None))
 
 
-def _vnni_operand(user: ir.Operation, operand: int, shape: tuple) -> bool:
-    """Read as a w8a8 quantized_matmul's values, [N, K] both multiples of vnni.ALIGN, or as a
-    w4a8 one's values or scales where vnni.int4_fits its [N, K] and group size."""
-    if user.name != "llm.quantized_matmul" or _int_attr(user, "act_bits") not in (8, 16):
-        return False
-    if _int_attr(user, "bits") == 8:
-        return operand == 1 and len(shape) == 2 and all(d % vnni.ALIGN == 0 for d in shape)
+def _kernel_layout(user: ir.Operation, operand: int, shape: tuple) -> str | None:
+    """The CPU kernel layout a use reads a weight in (STORED_LAYOUTS), or None:
+    - "w8a8": a w8a8 quantized_matmul's values, [N, K] both multiples of vnni.ALIGN;
+    - "w4a8" / "w4a8-scales": a w4a8 one's values / scales where vnni.int4_fits [N, K] and the group;
+    - "gemv": a weight-only symmetric int4 or int8 one's values where gemv.fits (its scales stay
+      transposed, [groups, N])."""
+    if user.name != "llm.quantized_matmul":
+        return None
+    act, bits, group = _int_attr(user, "act_bits"), _int_attr(user, "bits"), _int_attr(user, "group_size")
     n, k = from_mlir(user.operands[1].type).shape
-    return (_int_attr(user, "act_bits") == 8 and operand in (1, 2)
-            and vnni.int4_fits(n, k, _int_attr(user, "group_size")))
+    if act == 0:
+        return ("gemv" if operand == 1 and len(user.operands) == 3 and gemv.fits(k, n, group, bits) else None)
+    if bits == 8:
+        return "w8a8" if operand == 1 and len(shape) == 2 and all(d % vnni.ALIGN == 0 for d in shape) else None
+    if act == 8 and operand in (1, 2) and vnni.int4_fits(n, k, group):
+        return "w4a8" if operand == 1 else "w4a8-scales"
+    return None
 
 
-def stored_vnni(module: ir.Module) -> set[str]:
-    """Names of the weights stored in a VNNI kernel's layout when the target has VNNI
-    (lowering/vnni.py): read only as w8a8 values ([N, K] both multiples of vnni.ALIGN) or w4a8
-    values and scales (vnni.int4_fits), in a one-device module. The lowering and the archive
-    writer both use this rule."""
+def stored_vnni(module: ir.Module) -> dict[str, str]:
+    """Weight name -> the kernel layout the archive stores it in when the target has VNNI
+    (STORED_LAYOUTS: lowering/vnni.py's w8a8 and w4a8 kernels, lowering/gemv.py's weight-only
+    one), in a one-device module. The lowering and the archive writer both use this rule."""
     if NUM_DEVICES in module.operation.attributes:
-        return set()
-    return _weights_read_only(module, _vnni_operand)
+        return {}
+    return _weights_read_as(module, _kernel_layout)
+
+
+# What `stored_vnni` weights become: kind -> (stored dims of the IR shape, stored element type of
+# the IR one, packing of the IR array into stored values)
+STORED_LAYOUTS: dict[str, tuple[Callable, Callable, Callable]] = {
+    "w8a8": (lambda s: vnni.packed_dims(*s), lambda _: "i8", lambda a: vnni.pack_weight(np.asarray(a, np.int8))),
+    "w4a8": (lambda s: vnni.int4_packed_dims(*s), lambda _: "i8", vnni.pack_int4_weight),
+    "w4a8-scales": (lambda s: vnni.scales_packed_dims(*s), lambda _: "f32", vnni.pack_scales),
+    "gemv": (lambda s: gemv.stored_dims(*s), lambda dtype: dtype, gemv.pack_weight),
+}
+
+
+def stored_dims(shape: tuple, dtype: str, kind: str) -> tuple[tuple[int, ...], str]:
+    """(dims, element type) in the archive of a weight of IR `shape` and `dtype` stored in
+    layout `kind`."""
+    dims, stored, _ = STORED_LAYOUTS[kind]
+    return dims(tuple(shape)), stored(dtype)
+
+
+def pack_stored(array: np.ndarray, dtype: str, kind: str) -> tuple[np.ndarray, str]:
+    """A weight of IR element type `dtype` in layout `kind`: (values, their element type), to be
+    encoded as that type (int4 two a byte) by the archive writer."""
+    return STORED_LAYOUTS[kind][2](array), STORED_LAYOUTS[kind][1](dtype)
 
 
 def _transposed(e: Emitter, op: LOp, v: TV) -> TV:
@@ -148,6 +182,8 @@ def quantized_matmul(e: Emitter, op: LOp) -> list[TV]:
         return [_integer_matmul(e, op)]
     if op.attrs.get("act_bits") == 8 and op.operands[1].name in op.module.vnni_loads:
         return [_w4a8_vnni(e, op)]
+    if not op.attrs.get("act_bits") and op.operands[1].name in op.module.vnni_loads:
+        return [_weight_only_gemv(e, op)]
     x, q, s, z = (op.operands + [None, None])[:4]
     g, ft = op.attrs["group_size"], x.dtype
     if ft != "f32" or s.dtype != "f32":
@@ -163,11 +199,6 @@ def quantized_matmul(e: Emitter, op: LOp) -> list[TV]:
                             f"i4 vector), got {n}")
     x2 = _as_2d(e, x)
     m = x2.dims[0]
-    if _weight_only_gemv(op, q, s, z, m, k, n, g):
-        kern = gemv.Kernel(m, k, n, g)
-        exe = op.module.define(("gemv", kern), kern.name, lambda sym, _: gemv.executable_text(kern, sym))
-        y = gemv.product(e, x2, qt, st, kern, exe)
-        return [_from_2d(e, y, op.result_dims(0, x.dims[:-1] + (n,))[:-1])]
     if op.attrs.get("act_bits") == 8:  # w4a8 without its VNNI kernel: the input on its int8 grid
         x2 = _int8_group_grid(e, x2, g)
     elif op.attrs.get("act_bits"):  # w4a16: the input on its int16 grid
@@ -232,14 +263,32 @@ def quantized_matmul(e: Emitter, op: LOp) -> list[TV]:
     return [_from_2d(e, y, op.result_dims(0, x.dims[:-1] + (n,))[:-1])]
 
 
-def _weight_only_gemv(op: LOp, q: TV, s: TV, z: TV | None, m, k, n, g: int) -> bool:
-    """A symmetric weight-only int4 product of few static rows on an AVX-512 CPU (the VNNI
-    ones), its values and scales stored [in, out], in a one-device module (as vnni.py's):
-    lowering/gemv.py's dispatch, not IREE's."""
-    stored = getattr(op.module, "transposed", ())
-    return (not op.attrs.get("act_bits") and z is None and q.dtype == "i4" and op.options.get("backend") == "llvm-cpu"
-            and bool(op.options.get("vnni")) and getattr(op.module, "num_devices", 1) == 1
-            and q.name in stored and s.name in stored and gemv.fits(m, k, n, g))
+def _weight_only_gemv(e: Emitter, op: LOp) -> TV:
+    """A weight-only product whose values the archive stores for lowering/gemv.py ([N / 64, K,
+    64] blocks, scales [groups, N]): prefill and extend with many rows dequantize the blocks
+    first (_dequantize_first), everything else runs the kernel, any row count."""
+    x, q, s = op.operands[:3]
+    g = op.attrs["group_size"]
+    if x.dtype != "f32" or s.dtype != "f32":
+        raise LoweringError(f"quantized_matmul takes f32 input and scales, got {x.dtype} and {s.dtype}")
+    blocks, k, _ = q.dims
+    n = blocks * gemv.BLOCK
+    st = _transposed(e, op, s)  # [G, N]
+    x2 = _as_2d(e, x)
+    m = x2.dims[0]
+    if _dequantize_first(e, op, m, q, n):
+        # W [K, N] in f32 from the blocks: loops d0 = block, d1 = group, d2 = i (in the group), d3 = column
+        q4 = e.expand(q, [[0], [1, 2], [3]], (blocks, k // g, g, gemv.BLOCK))
+        s3 = e.expand(st, [[0], [1, 2]], (k // g, blocks, gemv.BLOCK))
+        dq = e.generic(4, [(q4, ["d0", "d1", "d2", "d3"]), (s3, ["d1", "d0", "d3"])],
+                       [(e.empty((k // g, g, blocks, gemv.BLOCK), "f32"), ["d1", "d2", "d0", "d3"])],
+                       lambda a: [e.v(f"arith.mulf {e.v(f'arith.sitofp {a[0]} : {q.dtype} to f32')}, {a[1]} : f32")])[0]
+        y = _matmul(e, x2, e.collapse(dq, [[0, 1], [2, 3]]))
+    else:
+        kern = gemv.Kernel(m if isinstance(m, int) else None, k, n, g, 4 if q.dtype == "i4" else 8)
+        exe = op.module.define(("gemv", kern), kern.name, lambda sym, _: gemv.executable_text(kern, sym))
+        y = gemv.product(e, x2, q, st, kern, exe)
+    return _from_2d(e, y, op.result_dims(0, x.dims[:-1] + (n,))[:-1])
 
 
 # IREE 3.13 fuses an int4 weight's dequantization into the f32 matmul's pack; where the
@@ -274,10 +323,15 @@ def _dequantized_matmul(e: Emitter, x2: TV, qt: TV, st: TV, zt: TV | None, g: in
 
     q3 = e.expand(qt, [[0, 1], [2]], (groups, g, n))
     ins = [(q3, ["d0", "d1", "d2"]), (st, ["d0", "d2"])] + ([(zt, ["d0", "d2"])] if zt is not None else [])
-    w = e.collapse(e.generic(3, ins, [(e.empty((groups, g, n), ft), ["d0", "d1", "d2"])], body)[0], [[0, 1], [2]])
-    acc = e.filled((x2.dims[0], n), ft, 0.0)
+    return _matmul(e, x2, e.collapse(e.generic(3, ins, [(e.empty((groups, g, n), ft), ["d0", "d1", "d2"])], body)[0],
+                                     [[0, 1], [2]]))
+
+
+def _matmul(e: Emitter, x2: TV, w: TV) -> TV:
+    """x2 [M, K] @ w [K, N] as linalg.matmul (IREE data-tiles it), in x2's float type."""
+    acc = e.filled((x2.dims[0], w.dims[1]), x2.dtype, 0.0)
     return TV(e.v(f"linalg.matmul ins({x2.name}, {w.name} : {x2.type}, {w.type}) "
-                  f"outs({acc.name} : {acc.type}) -> {acc.type}", "mm"), (x2.dims[0], n), ft)
+                  f"outs({acc.name} : {acc.type}) -> {acc.type}", "mm"), (x2.dims[0], w.dims[1]), x2.dtype)
 
 
 def _row_abs_max(e: Emitter, m, ft: str, ins: list, value=lambda a: a[0]) -> TV:

@@ -37,8 +37,7 @@ from . import fused as _fused  # noqa: F401  (registers the lowerings of fusion 
 from . import kv as _kv  # noqa: F401  (registers the paged-KV lowerings)
 from . import moe as _moe  # noqa: F401  (registers the mixture-of-experts lowerings)
 from .devices import DEVICE_PREFIX, affinity, transfer
-from .quantized import stored_transposed, stored_vnni
-from .vnni import stored_dims
+from .quantized import stored_dims, stored_transposed, stored_vnni
 from .emitter import TV, Emitter, string_literal, symbol_ref, tensor_type
 from ..pipelines.shard_tp import ARG_DEVICES, EVERY, NUM_DEVICES, PLACEMENT
 from .kv import STRATEGIES
@@ -149,11 +148,12 @@ class _ModuleLowering:
         self._copies: dict[tuple[str, int], TV] = {}  # per function: (argument, device) -> its copy there
         self.counter = [0]
         self._loads: dict = {}  # per function: globals key (weight name, or (name, device)) -> loaded value
-        self.stored_vnni = stored_vnni(module) if options.get("vnni") else set()  # weights packed for vnni.py
-        # weights the archive holds [in, out] (a VNNI packing takes precedence)
-        self.stored_transposed = stored_transposed(module) - self.stored_vnni
+        # weight name -> the CPU kernel layout the archive holds it in (vnni.py, gemv.py)
+        self.stored_vnni: dict[str, str] = stored_vnni(module) if options.get("vnni") else {}
+        # weights the archive holds [in, out] (a kernel layout takes precedence)
+        self.stored_transposed = stored_transposed(module) - set(self.stored_vnni)
         self.transposed: set[str] = set()  # SSA names of loads of those (quantized.py reads them as such)
-        self.vnni_loads: dict[str, str] = {}  # SSA names of loads of those -> weight name
+        self.vnni_loads: dict[str, str] = {}  # SSA names of loads of kernel-layout weights -> weight name
         # module-level ops a lowering adds (vnni.py: executables, initialized globals): key -> (symbol, lines)
         self.module_ops: dict[object, tuple[str, list[str]]] = {}
 
@@ -194,7 +194,8 @@ class _ModuleLowering:
     def load_weight(self, e: Emitter, name: str, t: TensorT) -> TV:
         if name in self.stored_transposed:
             t = TensorT(tuple(reversed(t.shape)), t.dtype)
-        dims, dtype = stored_dims(t.shape, t.dtype) if name in self.stored_vnni else (tuple(t.shape), t.dtype)
+        kind = self.stored_vnni.get(name)
+        dims, dtype = stored_dims(t.shape, t.dtype, kind) if kind else (tuple(t.shape), t.dtype)
         ttext = tensor_type(dims, dtype)
         # Several devices: one global per (weight, device that reads it), pinned there.
         key = name if self.num_devices == 1 else (name, self.device)

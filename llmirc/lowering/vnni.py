@@ -30,7 +30,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from ..dialect.ops import ACT_TINY
-from .emitter import TV, Emitter, executable_head, float_literal, tensor_type
+from .emitter import TV, Emitter, executable_head, float_literal, row_padded_dispatch, tensor_type
 
 INTRINSIC = "llvm.x86.avx512.vpdpbusd.512"
 LANES = 16  # int32 accumulators per 512-bit vector: output columns per tile
@@ -190,50 +190,11 @@ def column_sums_text(e: Emitter, n: int, k: int, weight: tuple[str, str], sym: s
             + [f"  util.global.store {value.name}, {sym} : {value.type}", "  util.return", "}"])
 
 
-def _rows_padded(e: Emitter, m, block: int) -> tuple[str, str]:
-    """(m, m rounded up to a multiple of `block`) as index SSA values (the same one when m is a
-    static multiple)."""
-    mv = e.dim_value(m)
-    if isinstance(m, int) and m % block == 0:
-        return mv, mv
-    c = e.idx(block)
-    return mv, e.v(f"arith.muli {e.v(f'arith.ceildivui {mv}, {c} : index')}, {c} : index", "d")
-
-
-def _dynamic_rows(e: Emitter, v: TV, mv: str, mp: str) -> tuple[str, str]:
-    """v [m, c] as a [?, c] tensor of mp rows (zero rows appended when mp > m) and its type."""
-    dyn = tensor_type(("?",) + v.dims[1:], v.dtype)
-    x = e.v(f"tensor.cast {v.name} : {v.type} to {dyn}") if isinstance(v.dims[0], int) else v.name
-    if mp == mv:
-        return x, dyn
-    pad, zero, x_in, x = e.v(f"arith.subi {mp}, {mv} : index", "d"), e.const(0, v.dtype), x, e.fresh("pad")
-    e.emit(f"{x} = tensor.pad {x_in} low[0, 0] high[{pad}, 0] {{")
-    e.emit(f"^bb0({x}i: index, {x}j: index):")
-    e.emit(f"  tensor.yield {zero} : {v.dtype}")
-    e.emit(f"}} : {dyn} to {dyn}")
-    return x, dyn
-
-
-def _static_rows(e: Emitter, raw: str, m, mv: str, mp: str, n: int, dtype: str) -> TV:
-    """The [mp, n] result of a dispatch cut back to its m rows, static again where m is."""
-    yt = tensor_type(("?", n), dtype)
-    if mp != mv:
-        raw = e.v(f"tensor.extract_slice {raw}[0, 0] [{mv}, {n}] [1, 1] : {yt} to {yt}", "s")
-    if isinstance(m, int):
-        raw = e.v(f"tensor.cast {raw} : {yt} to {tensor_type((m, n), dtype)}")
-    return TV(raw, (m, n), dtype)
-
-
 def product(e: Emitter, xu: TV, kern: Kernel, executable: str, packed: str, sums: str) -> TV:
     """int32 [m, n] = xq x w^T from xu = xq XOR 0x80 [m, k] (the packed weight and the column
     sums as loaded in this function); rows padded to the kernel's block and sliced back."""
+    prod = row_padded_dispatch(e, executable, [xu], [(packed, kern.packed_type)], kern.rows, kern.n, "i32", "vnni")
     m = xu.dims[0]
-    mv, mp = _rows_padded(e, m, kern.rows)
-    x, dyn = _dynamic_rows(e, xu, mv, mp)
-    yt = tensor_type(("?", kern.n), "i32")
-    raw = e.v(f"flow.dispatch {executable}::{executable}({x}, {packed}, {mp}) : "
-              f"({dyn}{{{mp}}}, {kern.packed_type}, index) -> {yt}{{{mp}}}", "vnni")
-    prod = _static_rows(e, raw, m, mv, mp, kern.n, "i32")
     sums_tv = TV(sums, (kern.n,), "i32")
     return e.generic(2, [(prod, ["d0", "d1"]), (sums_tv, ["d1"])],
                      [(e.empty((m, kern.n), "i32"), ["d0", "d1"])],
@@ -332,25 +293,6 @@ def pack_scales(s: np.ndarray) -> np.ndarray:
 def int4_unpacked_dims(dims: tuple) -> tuple[int, int]:
     """[n, k] of an int4 weight stored as int4_packed_dims(n, k)."""
     return (dims[0] * LANES, dims[1] * INT4_DEPTH)
-
-
-# What `stored_vnni` weights become, by their IR element type: w8a8 values (i8), w4a8 values
-# (i4, stored as bytes) and w4a8 scales (f32): (stored dims of the IR shape, stored type, packing)
-_STORED = {"i8": (lambda s: packed_dims(*s), "i8", lambda a: pack_weight(np.asarray(a, np.int8))),
-           "i4": (lambda s: int4_packed_dims(*s), "i8", pack_int4_weight),
-           "f32": (lambda s: scales_packed_dims(*s), "f32", pack_scales)}
-
-
-def stored_dims(shape: tuple, dtype: str) -> tuple[tuple[int, ...], str]:
-    """(dims, element type) in the archive of a weight of IR `shape` and `dtype` stored for a
-    VNNI kernel."""
-    dims, stored, _ = _STORED[dtype]
-    return dims(tuple(shape)), stored
-
-
-def pack_stored(array: np.ndarray, dtype: str) -> np.ndarray:
-    """A weight of IR element type `dtype` as the archive stores it for a VNNI kernel."""
-    return _STORED[dtype][2](array)
 
 
 def int4_executable_text(kern: Int4Kernel, sym: str) -> list[str]:
@@ -524,11 +466,5 @@ def int4_product(e: Emitter, ins: list[TV], kern: Int4Kernel, executable: str, p
     """f32 [m, n] from `ins` -- xq [m, k] s8, its scales xs and corrections xc [m, groups], or
     for a fused kernel the f32 rows [m, k] alone -- and the packed weight and scales as loaded
     in this function; rows padded to the kernel's block."""
-    m = ins[0].dims[0]
-    mv, mp = _rows_padded(e, m, kern.rows)
-    ins = [_dynamic_rows(e, v, mv, mp) for v in ins]
-    yt = tensor_type(("?", kern.n), "f32")
-    raw = e.v(f"flow.dispatch {executable}::{executable}({', '.join(x for x, _ in ins)}, {packed}, {scales}, {mp}) : "
-              f"({', '.join(f'{t}{{{mp}}}' for _, t in ins)}, {kern.packed_type}, {kern.scales_type}, index) "
-              f"-> {yt}{{{mp}}}", "vnni4")
-    return _static_rows(e, raw, m, mv, mp, kern.n, "f32")
+    return row_padded_dispatch(e, executable, ins, [(packed, kern.packed_type), (scales, kern.scales_type)],
+                               kern.rows, kern.n, "f32", "vnni4")

@@ -17,6 +17,7 @@ import profile_decode  # noqa: E402
     ("decode_dispatch_7_matmul_like_Dx2048x768_f16", 2048 * 768 * 2),
     ("decode_b1_dispatch_398_matvec_like_32000x2048_f32xi8xf32", 32000 * 2048),
     ("gemv_i4_1x2048x11264_g128", 2048 * 11264 // 2 + 16 * 11264 * 4),  # int4 values + f32 scales
+    ("gemv_i8_Dx5632x2048_g32", 5632 * 2048 + 176 * 2048 * 4),  # int8, any row count
     ("decode_b1_dispatch_9_gather_4xDx16x64xf32_collapse_shape", None),
 ])
 def test_weight_bytes_from_dispatch_names(name, expected):

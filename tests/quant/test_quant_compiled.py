@@ -38,6 +38,7 @@ NUM_PAGES = 4
 
 CASES = {  # name -> (CompileOptions overrides, -O level)
     "int8-sym": (dict(quantize="int8", group_size=32), 3),
+    "int4-sym": (dict(quantize="int4", group_size=32), 3),
     "int8-asym-g64": (dict(quantize="int8", group_size=64, symmetric=False), 2),  # one group: K = 64
     "int4-asym": (dict(quantize="int4", group_size=32, symmetric=False), 3),
     "int4-sym-all-f16": (dict(quantize="int4", group_size=16, keep_float="", dtype="f16"), 3),  # lm_head too
@@ -113,6 +114,29 @@ def test_compiled_matches_interpreter(checkpoint, artifacts, case):
     assert [int(r.argmax()) for r in ref] == [int(g.argmax()) for g in got]
     for r, g in zip(ref, got):
         np.testing.assert_allclose(g, r, atol=2e-4 * max(1.0, np.abs(r).max()), rtol=0)
+
+
+@pytest.mark.parametrize("case", ["int8-sym", "int4-sym"])
+def test_weight_only_batches_match_the_interpreter(checkpoint, artifacts, case):
+    """Weight-only decode at batch 9 (past the static-batch functions: the dynamic `decode`, whose
+    products lowering/gemv.py's kernel runs on rows padded to its row block where the CPU has
+    VNNI) and 4 (decode_b4) gives the interpreter's logits for each row."""
+    module, store = _interpreted(checkpoint, *CASES[case])
+    engine = Engine(artifacts[case], num_pages=32)
+    rng = np.random.default_rng(1)
+    for batch in (9, 4):
+        prompts = rng.integers(3, SPEC.vocab, (batch, 5))
+        tables = 1 + np.arange(batch * 2, dtype=np.int64).reshape(batch, 2)
+        lens = np.full(batch, 5)
+        t = from_mlir(functions(module)["prefill"].regions[0].blocks[0].arguments[3].type)
+        logits, pool = run_function(module, "prefill", [prompts, lens, tables, empty_page_pool(t, 32)], store)
+        got = engine.prefill(prompts, lens, tables)
+        for step in range(2):
+            np.testing.assert_allclose(got, logits, atol=2e-4 * max(1.0, np.abs(logits).max()), rtol=0)
+            tokens, pos = logits.argmax(-1), np.full(batch, 5 + step)
+            logits, pool = run_function(module, "decode", [tokens, pos, tables, pool], store)
+            got = engine.decode(tokens, pos, tables)
+        np.testing.assert_allclose(got, logits, atol=2e-4 * max(1.0, np.abs(logits).max()), rtol=0)
 
 
 @pytest.mark.parametrize("case", ["w8a8", "w4a8", "w4a8-haswell"])
