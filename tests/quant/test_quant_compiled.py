@@ -139,6 +139,28 @@ def test_weight_only_batches_match_the_interpreter(checkpoint, artifacts, case):
         np.testing.assert_allclose(got, logits, atol=2e-4 * max(1.0, np.abs(logits).max()), rtol=0)
 
 
+@pytest.mark.parametrize("quantize,target", [("int8", "cpu"), ("int4", "cpu"), ("int4", "cpu:haswell")])
+def test_prefill_in_column_chunks_matches_the_interpreter(tmp_path, quantize, target):
+    """Out-features past DEQUANTIZE_COLUMNS: prefill dequantizes a chunk of them at a time
+    (gate/up 1152 = 2 x 512 + 128, lm_head 1088: a 64-column last chunk), from the gemv
+    layout's blocks on this CPU where it has VNNI and from the [in, out] layout for haswell, and
+    the logits are the interpreter's."""
+    from llmirc.lowering.quantized import DEQUANTIZE_COLUMNS
+
+    spec = CheckpointSpec(layers=1, hidden=64, heads=4, kv_heads=2, intermediate=576, vocab=1088, max_seq_len=64,
+                          seed=5)
+    assert 576 * 2 > 2 * DEQUANTIZE_COLUMNS and 1088 % DEQUANTIZE_COLUMNS == 64
+    ckpt = make_checkpoint(tmp_path / "ckpt", spec)
+    kw = dict(quantize=quantize, group_size=32, keep_float="")
+    compile_checkpoint(CompileOptions(ckpt, tmp_path / "a", opt_level=3, page_size=PAGE, target=target, **kw),
+                       progress=None)
+    module, store = _interpreted(ckpt, kw, 3)
+    ref, got = _greedy_interpreter(module, store), _greedy_engine(tmp_path / "a")
+    assert [int(r.argmax()) for r in ref] == [int(g.argmax()) for g in got]
+    for r, g in zip(ref, got):
+        np.testing.assert_allclose(g, r, atol=2e-4 * max(1.0, np.abs(r).max()), rtol=0)
+
+
 @pytest.mark.parametrize("case", ["w8a8", "w4a8", "w4a8-haswell"])
 def test_integer_schemes_quantize_the_activations(checkpoint, artifacts, case):
     """The w8a8 and w4a8 artifacts follow the interpreter's int8 activations: the same IR with
