@@ -105,15 +105,20 @@ def _greedy_engine(artifact: Path):
     return out
 
 
+def _assert_follows(ref: list, got: list) -> None:
+    """Greedy tokens identical, logits within 2e-4 of the interpreter's (relative to the largest)."""
+    assert [int(r.argmax()) for r in ref] == [int(g.argmax()) for g in got]
+    for r, g in zip(ref, got):
+        np.testing.assert_allclose(g, r, atol=2e-4 * max(1.0, np.abs(r).max()), rtol=0)
+
+
 @pytest.mark.parametrize("case", list(CASES))
 def test_compiled_matches_interpreter(checkpoint, artifacts, case):
     kw, level = CASES[case]
     module, store = _interpreted(checkpoint, kw, level)
     ref = _greedy_interpreter(module, store)
     got = _greedy_engine(artifacts[case])
-    assert [int(r.argmax()) for r in ref] == [int(g.argmax()) for g in got]
-    for r, g in zip(ref, got):
-        np.testing.assert_allclose(g, r, atol=2e-4 * max(1.0, np.abs(r).max()), rtol=0)
+    _assert_follows(ref, got)
 
 
 @pytest.mark.parametrize("case", ["int8-sym", "int4-sym"])
@@ -156,9 +161,7 @@ def test_prefill_in_column_chunks_matches_the_interpreter(tmp_path, quantize, ta
                        progress=None)
     module, store = _interpreted(ckpt, kw, 3)
     ref, got = _greedy_interpreter(module, store), _greedy_engine(tmp_path / "a")
-    assert [int(r.argmax()) for r in ref] == [int(g.argmax()) for g in got]
-    for r, g in zip(ref, got):
-        np.testing.assert_allclose(g, r, atol=2e-4 * max(1.0, np.abs(r).max()), rtol=0)
+    _assert_follows(ref, got)
 
 
 @pytest.mark.parametrize("case", ["w8a8", "w4a8", "w4a8-haswell"])
@@ -248,9 +251,7 @@ def test_the_shipped_model_compiles_and_follows_the_interpreter(tmp_path, quanti
                        progress=None)
     module, store = _interpreted(DEFAULT_MODEL, kw, 3)
     ref, got = _greedy_interpreter(module, store), _greedy_engine(tmp_path / "a")
-    assert [int(r.argmax()) for r in ref] == [int(g.argmax()) for g in got]
-    for r, g in zip(ref, got):
-        np.testing.assert_allclose(g, r, atol=2e-4 * max(1.0, np.abs(r).max()), rtol=0)
+    _assert_follows(ref, got)
     params = read_params(tmp_path / "a" / "model.irpa")
     down = next(n for n in params if "down_proj" in n and n.endswith(".qweight"))
     hidden, inter = store[down].shape
