@@ -1,5 +1,5 @@
-"""Prefill of f16/bf16 artifacts: the many-row `prefill_r64` (weights widened to f32 in column
-chunks) against the plain `prefill` of the same artifact, with f32 as the reference.
+"""Prefill of f16/bf16 artifacts: the row-chunked `prefill_r64` against the plain `prefill` of the
+same artifact, with f32 as the reference.
 
     .venv/bin/python benchmarks/prefill_rows.py                          # 100m preset, about 6 min
     .venv/bin/python benchmarks/prefill_rows.py --preset small --lens 64,128 --rounds 3
@@ -8,9 +8,9 @@ chunks) against the plain `prefill` of the same artifact, with f32 as the refere
 calls `prefill_r64` for calls of 64 or more token rows. This compiles the preset's checkpoint at
 -O3 with each --dtypes, then times a batch-1 prefill of each --lens, round-robin over every
 (artifact, function) in one process so that load from elsewhere hits all alike, and prints
-median tokens/s, the ratio of the plain function's time to the many-row one's, the ratio to the
-f32 artifact's prefill, and the largest logit difference between the two functions (the f32
-kernel sums in another order than the mixed one: about 1e-6). Results: docs/performance.md ("f16 and bf16 prefill").
+median tokens/s, the ratio of the plain function's time to the chunked one's, the ratio to the
+f32 artifact's prefill, and the largest logit difference between the two functions (0 when
+each row is one product either way). Results: docs/performance.md ("f16 and bf16 prefill").
 """
 
 from __future__ import annotations

@@ -98,7 +98,7 @@ class Emitter:
         self.indent = "  "
         self.tile: int | None = None  # systolic tile: linears' matmuls padded to it (systolic.py)
         self.function = ""  # the entry point being emitted ("prefill", "decode_b1", ...)
-        self.row_chunk: int | None = None  # prefill/extend for at least this many rows (ops.widened_in_column_chunks)
+        self.row_chunk: int | None = None  # row-chunked prefill/extend: rows per static chunk (ops.in_row_chunks)
 
     # ---- names and raw ops ------------------------------------------------------------
 

@@ -203,14 +203,14 @@ def _from_2d(e: Emitter, y: TV, lead: tuple[Dim, ...]) -> TV:
 
 def matmul_transpose_b(e: Emitter, x2: TV, w: TV, chunked: bool = False) -> TV:
     """[M, K] x [N, K] -> [M, N] f32, contraction over K (weights stay [out, in]); `chunked`
-    (cuts_rows) widens an f16/bf16 weight to f32 in column chunks in the functions for many
-    rows (Emitter.row_chunk, widened_in_column_chunks)."""
+    (cuts_rows) computes a dynamic M in static row chunks where the function asks for them
+    (Emitter.row_chunk, in_row_chunks)."""
     if e.tile:  # systolic-array targets: operands padded to the tile (systolic.py)
         from .systolic import padded_matmul_transpose_b
 
         return padded_matmul_transpose_b(e, x2, w)
     if chunked and e.row_chunk and not isinstance(x2.dims[0], int):
-        return widened_in_column_chunks(e, x2, w)
+        return in_row_chunks(e, x2, w.dims[0], e.row_chunk, lambda xc: matmul_transpose_b(e, xc, w))
     m, n = x2.dims[0], w.dims[0]
     acc = e.filled((m, n), x2.dtype, 0.0)
     maps = ", ".join(affine_map(3, ex) for ex in (["d0", "d2"], ["d1", "d2"], ["d0", "d1"]))
@@ -219,61 +219,58 @@ def matmul_transpose_b(e: Emitter, x2: TV, w: TV, chunked: bool = False) -> TV:
     return TV(name, acc.dims, acc.dtype)
 
 
-NARROW_FLOATS = ("f16", "bf16")  # weights that widened_in_column_chunks widens
+NARROW_FLOATS = ("f16", "bf16")  # weights whose dynamic-row products in_row_chunks cuts
 
 
 def cuts_rows(x, w) -> bool:
-    """Whether a linear of input x and weights w (TVs or TensorTs) is widened in column chunks
-    in the functions for many token rows (`prefill_r{R}`, `extend_r{R}`): f32 rows times
-    f16/bf16 weights, over token rows (x [B, T, ..., K]), not over the last-token rows ([B, K]:
-    the logits), which are few and stay one product on the narrow weight."""
+    """Whether a linear of input x and weights w (TVs or TensorTs) runs in static row chunks in
+    the row-chunked prefill/extend: f32 rows times f16/bf16 weights, over token rows (x
+    [B, T, ..., K]), not over the last-token rows ([B, K]: the logits), which are fewer than a
+    chunk (in_row_chunks needs M >= rows)."""
     return x.rank >= 3 and x.dtype == "f32" and w.dtype in NARROW_FLOATS
 
 
-# Out-features per piece of a product computed in column chunks (in_column_chunks): the f32
-# copy of a chunk's weight (4 MB at K = 2048) is still in cache when its matmul reads it.
-COLUMN_CHUNK = 512
-
-
-def in_column_chunks(e: Emitter, x2: TV, n: int, operands: list[tuple[TV, int, int]],
-                     product: Callable[[list[TV]], TV]) -> TV:
-    """[M, n] f32 from product(weight operands) [M, c] on COLUMN_CHUNK-wide chunks of the
-    out-features: `operands` are (tensor, its out-feature axis, out-features per index along
-    it), each cut to the chunk's range; the chunks' results are inserted into one tensor."""
-    from .fused import extract_slice
-
-    if n <= COLUMN_CHUNK:
-        return product([t for t, _, _ in operands])
-    y = e.empty((x2.dims[0], n), "f32")
-    rows = e.dim_value(x2.dims[0])
-    for lo in range(0, n, COLUMN_CHUNK):
-        c = min(COLUMN_CHUNK, n - lo)
-        yc = product([extract_slice(e, t, axis, lo // unit, c // unit) for t, axis, unit in operands])
-        y = TV(e.v(f"tensor.insert_slice {yc.name} into {y.name}[0, {lo}] [{rows}, {c}] [1, 1] : {yc.type} into {y.type}",
-                   "ins"), y.dims, "f32")
-    return y
-
-
-def widened_in_column_chunks(e: Emitter, x2: TV, w: TV) -> TV:
-    """x2 [M, K] f32 times an f16/bf16 weight w [N, K] for many rows (the row-count variants,
-    `prefill_r{R}`): COLUMN_CHUNK out-features at a time, each chunk of w widened to f32 and
-    multiplied by the f32 kernel.
+def in_row_chunks(e: Emitter, x2: TV, n: int, rows: int, product: Callable[[TV], TV]) -> TV:
+    """y[M, n] = product(x2) for a dynamic M of at least `rows`: `rows` rows at a time with M
+    static in each product (an scf.for over the full chunks), then the M mod `rows` rows left
+    as one product with a dynamic M.
 
     Why: with a dynamic M, IREE 3.13's CPU data tiling makes the weight the mmt4d LHS. For an
     f16 weight that means converting each f16 element and broadcasting it through shuffles
-    (16 vpermps/vshuf* per 16 FMAs in the inner loop; an f32 weight is broadcast straight from
-    memory). The widened chunk sits behind `util.optimization_barrier`: without it IREE folds
-    the extension back into a mixed f32 x f16 matmul. The widening is exact and the f32 kernel
-    sums in f32 as the mixed one does. 1.1B f16, 128-token prefill: 109 -> 144 tok/s (f32 174;
-    static 64-row chunks, the form before, at 109 and 0.66x of f32 on that machine)."""
-    def widened(parts: list[TV]) -> TV:
-        wc = parts[0]
-        wf = e.generic(2, [(wc, ["d0", "d1"])], [(e.empty(wc.dims, "f32"), ["d0", "d1"])],
-                       lambda a: [e.v(f"arith.extf {a[0]} : {wc.dtype} to f32")])[0]
-        kept = TV(e.v(f"util.optimization_barrier {wf.name} : {wf.type}", "wf"), wf.dims, "f32")
-        return matmul_transpose_b(e, x2, kept)
+    (16 vpermps/vshuf* per 16 FMAs in the inner loop); with M static the f16 weight is the RHS
+    vector operand, one vcvtph2ps per 16 FMAs, and a 128-row f32 x f16 product of one
+    2048 x 5632 linear runs 1.5-1.7x faster (benchmarks/matmul_kernels.py --weights f16
+    --prefill-rows 64). Both products read the one packed copy of the weight IREE makes at
+    load (it folds the two encodings' identical layouts into one global). Every row's numbers
+    are those of a single product.
 
-    return in_column_chunks(e, x2, w.dims[0], [(w, 0, 1)], widened)
+    M >= rows is the caller's promise (the runtime calls the `_r{rows}` functions only then):
+    a zero-trip scf.for in a prefill fails at run time in IREE 3.13 ("transient buffer has not
+    been committed"), and guarding it with an scf.if cost 10 % on short prompts (no fusion
+    across the region).
+    """
+    m, k = x2.dims
+    ft = x2.dtype
+    c0, c_rows = e.idx(0), e.idx(rows)
+    e.const(0.0, ft)  # the products' constants, defined here and so visible inside the loop
+    out = e.empty((m, n), ft)
+    full = e.v(f"arith.muli {e.v(f'arith.divui {m}, {c_rows} : index', 'd')}, {c_rows} : index", "d")
+    i, acc, chunked = e.fresh("i"), e.fresh("acc"), e.fresh("rows")
+    e.emit(f"{chunked} = scf.for {i} = {c0} to {full} step {c_rows} iter_args({acc} = {out.name}) -> ({out.type}) {{")
+    indent, e.indent = e.indent, e.indent + "  "
+    xc = e.v(f"tensor.extract_slice {x2.name}[{i}, 0] [{rows}, {k}] [1, 1] : {x2.type} to tensor<{rows}x{k}x{ft}>", "xc")
+    yc = product(TV(xc, (rows, k), ft))
+    done = e.v(f"tensor.insert_slice {yc.name} into {acc}[{i}, 0] [{rows}, {n}] [1, 1] : {yc.type} into {out.type}",
+               "ins")
+    e.emit(f"scf.yield {done} : {out.type}")
+    e.indent = indent
+    e.emit("}")
+    rest = e.v(f"arith.subi {m}, {full} : index", "d")
+    xr = e.v(f"tensor.extract_slice {x2.name}[{full}, 0] [{rest}, {k}] [1, 1] : {x2.type} to tensor<?x{k}x{ft}>", "xr")
+    yr = product(TV(xr, (rest, k), ft))
+    y = e.v(f"tensor.insert_slice {yr.name} into {chunked}[{full}, 0] [{rest}, {n}] [1, 1] : {yr.type} into "
+            f"{out.type}", "ins")
+    return TV(y, (m, n), ft)
 
 
 def _add_bias(e: Emitter, y: TV, bias: TV) -> TV:

@@ -71,10 +71,9 @@ def lower_to_iree(module: ir.Module, *, attention: str = "decomposed", buckets: 
     matmul tiles; with a dynamic batch, data tiling pads M to a full tile (8-16 rows) and
     batch-1 decode wastes that much compute (docs/performance.md).
     prefill_rows: when the module has f16/bf16 linears, also export `prefill_r{R}` and
-    `extend_r{R}` (row_chunk_functions), for calls of at least R token rows (B x T): the same
-    functions with those linears' weights widened to f32 in column chunks first
-    (ops.widened_in_column_chunks; IREE's CPU data tiling runs an f16 weight with a dynamic M
-    through shuffles); shorter calls keep the one product on the narrow weight.
+    `extend_r{R}` (row_chunk_functions): the same functions with those linears computed R rows
+    at a time with the rows static (ops.in_row_chunks), for calls of at least R token rows
+    (B x T); IREE's CPU data tiling is 1.5-1.7x faster on f16 weights with a static M.
     vnni: the target CPU has AVX512-VNNI: every w8a8 and w4a8 product whose weights `stored_vnni`
     picks (the archive stores it packed) uses the hand-written dispatch of lowering/vnni.py.
     A module with `llm.num_devices = N` (shard-tp) lowers to one module for the N devices
@@ -105,9 +104,9 @@ def static_entry_points(buckets: dict) -> dict[str, list[tuple[str, dict[str, in
 
 
 def row_chunk_functions(module: ir.Module, rows: int | None) -> dict[str, str]:
-    """{function: exported name} of the many-row variants `lower_to_iree(prefill_rows=rows)`
-    adds: prefill and extend, when some linear of the one-device module is widened there
-    (ops.cuts_rows; without one the variant would be the function again)."""
+    """{function: exported name} of the row-chunked variants `lower_to_iree(prefill_rows=rows)`
+    adds: prefill and extend, when some linear of the one-device module runs in row chunks
+    there (ops.cuts_rows; without one the variant would be the function again)."""
     if not rows or num_devices(module) > 1:
         return {}
     narrow = False

@@ -146,15 +146,15 @@ def test_weight_only_batches_match_the_interpreter(checkpoint, artifacts, case):
 
 @pytest.mark.parametrize("quantize,target", [("int8", "cpu"), ("int4", "cpu"), ("int4", "cpu:haswell")])
 def test_prefill_in_column_chunks_matches_the_interpreter(tmp_path, quantize, target):
-    """Out-features past COLUMN_CHUNK: prefill dequantizes a chunk of them at a time
+    """Out-features past DEQUANTIZE_COLUMNS: prefill dequantizes a chunk of them at a time
     (gate/up 1152 = 2 x 512 + 128, lm_head 1088: a 64-column last chunk), from the gemv
     layout's blocks on this CPU where it has VNNI and from the [in, out] layout for haswell, and
     the logits are the interpreter's."""
-    from llmirc.lowering.ops import COLUMN_CHUNK
+    from llmirc.lowering.quantized import DEQUANTIZE_COLUMNS
 
     spec = CheckpointSpec(layers=1, hidden=64, heads=4, kv_heads=2, intermediate=576, vocab=1088, max_seq_len=64,
                           seed=5)
-    assert 576 * 2 > 2 * COLUMN_CHUNK and 1088 % COLUMN_CHUNK == 64
+    assert 576 * 2 > 2 * DEQUANTIZE_COLUMNS and 1088 % DEQUANTIZE_COLUMNS == 64
     ckpt = make_checkpoint(tmp_path / "ckpt", spec)
     kw = dict(quantize=quantize, group_size=32, keep_float="")
     compile_checkpoint(CompileOptions(ckpt, tmp_path / "a", opt_level=3, page_size=PAGE, target=target, **kw),
