@@ -31,7 +31,7 @@ GROUP = 128
 
 def module_text(kern: gemv.Kernel) -> str:
     """@mm(x [1, k] f32, s [groups, n] f32) -> [1, n], the weight (blocks as bytes) the parameter "w"."""
-    wt = tensor_type((kern.n // gemv.BLOCK, kern.k, gemv.block_bytes(kern.bits)), "i8")
+    wt = tensor_type(kern.byte_dims, "i8")
     st = tensor_type((kern.k // kern.group, kern.n), "f32")
     xt, yt = tensor_type((1, kern.k), "f32"), tensor_type((1, kern.n), "f32")
     return "\n".join([f'util.global private @w = #flow.parameter.named<"model"::"w"> : {wt}',

@@ -69,8 +69,9 @@ def pack_weight(w: np.ndarray) -> np.ndarray:
 @dataclass(frozen=True)
 class Kernel:
     """y [rows, n] f32 = x [rows, k] f32 times the symmetric `bits`-bit weight [k, n] (stored as
-    stored_dims) with f32 scales [k / group, n]. rows None: any row count, a multiple of ROW_BLOCK
-    (the caller pads)."""
+    stored_dims) with f32 scales [k / group, n]. rows: a static count up to MAX_ROWS (the
+    dispatch's operands static, one pass), or None: any count, padded by the caller to a
+    multiple of ROW_BLOCK."""
 
     rows: int | None
     k: int
@@ -78,19 +79,16 @@ class Kernel:
     group: int
     bits: int = 4
 
+    def __post_init__(self) -> None:
+        if self.rows is not None and not 1 <= self.rows <= MAX_ROWS:
+            raise ValueError(f"a static row count of the gemv kernel is 1..{MAX_ROWS}, got {self.rows}")
+
     @property
     def row_block(self) -> int:
         """Rows a pass over the weight block: the largest divisor of rows <= ROW_BLOCK."""
-        if self.rows is None or self.rows > MAX_ROWS:
+        if self.rows is None:
             return ROW_BLOCK
         return max(d for d in range(1, ROW_BLOCK + 1) if self.rows % d == 0)
-
-    @property
-    def static_rows(self) -> int | None:
-        """The row count the dispatch's operands have when static (one pass's worth at most):
-        IREE then fuses the rows' producer (a norm) into its own dispatch, as it does not for
-        a dynamic operand. None: a row count the caller pads."""
-        return self.rows if self.rows is not None and self.rows <= MAX_ROWS else None
 
     @property
     def lines(self) -> int:
@@ -106,9 +104,13 @@ class Kernel:
         return BLOCK * self.lines
 
     @property
+    def byte_dims(self) -> tuple[int, int, int]:
+        """The stored weight's dims as the kernel reads it, in bytes (stored_dims, int4 two a byte)."""
+        return (self.n // BLOCK, self.k, block_bytes(self.bits))
+
+    @property
     def weight_bytes(self) -> str:
-        """The stored weight as the kernel reads it: bytes."""
-        return f"memref<{self.n // BLOCK}x{self.k}x{block_bytes(self.bits)}xi8>"
+        return f"memref<{'x'.join(map(str, self.byte_dims))}xi8>"
 
     @property
     def name(self) -> str:
@@ -169,7 +171,9 @@ def executable_text(kern: Kernel, sym: str) -> list[str]:
     workgroups."""
     rb, groups = kern.row_block, kern.k // kern.group
     fvec = f"vector<{LANES}xf32>"
-    rows, dyn = kern.static_rows or "?", "" if kern.static_rows else "{%m}"
+    # static rows: IREE fuses the rows' producer (a norm) into its own dispatch, which it does
+    # not for a dynamic operand (44 more dispatches a 1.1B decode step)
+    rows, dyn = (kern.rows, "") if kern.rows else ("?", "{%m}")
     x_t, y_t = f"memref<{rows}x{kern.k}xf32>", f"memref<{rows}x{kern.n}xf32>"
     w_t = kern.weight_bytes
     s_t = f"memref<{groups}x{kern.n}xf32>"
@@ -222,7 +226,6 @@ def executable_text(kern: Kernel, sym: str) -> list[str]:
                f"      %cgroups = arith.constant {groups} : index",
                f"      %crb = arith.constant {rb} : index",
                f"      %cunroll = arith.constant {UNROLL} : index",
-               f"      %fzero = arith.constant dense<0.0> : {fvec}",
                f"      %wzero1 = arith.constant dense<0.0> : {fvec}",
                f"      %wzero2 = arith.constant dense<0.0> : vector<{2 * LANES}xf32>",
                f"      %c4v = arith.constant dense<4> : vector<{LANES}xi32>",
@@ -243,7 +246,7 @@ def executable_text(kern: Kernel, sym: str) -> list[str]:
                "          %kg0 = arith.muli %grp, %cgroup : index",
                "          %kg1 = arith.addi %kg0, %cgroup : index",
                f"          %acc:{len(accs)} = scf.for %kb = %kg0 to %kg1 step %cunroll iter_args("
-               + ", ".join(f"%a{i}_{t} = %fzero" for i, t in accs) + f") -> ({ftypes}) {{"]
+               + ", ".join(f"%a{i}_{t} = %wzero1" for i, t in accs) + f") -> ({ftypes}) {{"]
             + [f"            {line}" for line in step]
             + ["            scf.yield " + ", ".join(carried[a] for a in accs) + f" : {ftypes}",
                "          }"]
@@ -252,12 +255,12 @@ def executable_text(kern: Kernel, sym: str) -> list[str]:
 
 
 def product(e: Emitter, x2: TV, w: TV, s: TV, kern: Kernel, executable: str) -> TV:
-    """f32 [m, n] from x2 [m, k] f32 and the weight as loaded (w stored_dims, s [groups, n]); a
-    dynamic or large row count is padded to ROW_BLOCK rows and sliced back."""
-    if kern.static_rows:
-        yt = tensor_type((kern.static_rows, kern.n), "f32")
-        raw = e.v(f"flow.dispatch {executable}::{executable}({x2.name}, {w.name}, {s.name}, {e.idx(kern.static_rows)}) : "
+    """f32 [m, n] from x2 [m, k] f32 and the weight as loaded (w stored_dims, s [groups, n]); for
+    a kernel of any row count the rows are padded to ROW_BLOCK and sliced back."""
+    if kern.rows:
+        yt = tensor_type((kern.rows, kern.n), "f32")
+        raw = e.v(f"flow.dispatch {executable}::{executable}({x2.name}, {w.name}, {s.name}, {e.idx(kern.rows)}) : "
                   f"({x2.type}, {w.type}, {s.type}, index) -> {yt}", "gemv")
-        return TV(raw, (kern.static_rows, kern.n), "f32")
+        return TV(raw, (kern.rows, kern.n), "f32")
     return row_padded_dispatch(e, executable, [x2], [(w.name, w.type), (s.name, s.type)], kern.row_block, kern.n,
                                "f32", "gemv")

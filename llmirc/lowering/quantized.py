@@ -183,12 +183,12 @@ def quantized_matmul(e: Emitter, op: LOp) -> list[TV]:
         return [_integer_matmul(e, op)]
     if op.attrs.get("act_bits") == 8 and op.operands[1].name in op.module.vnni_loads:
         return [_w4a8_vnni(e, op)]
-    if not op.attrs.get("act_bits") and op.operands[1].name in op.module.vnni_loads:
-        return [_weight_only_gemv(e, op)]
     x, q, s, z = (op.operands + [None, None])[:4]
     g, ft = op.attrs["group_size"], x.dtype
     if ft != "f32" or s.dtype != "f32":
         raise LoweringError(f"quantized_matmul takes f32 input and scales, got {ft} and {s.dtype}")
+    if not op.attrs.get("act_bits") and q.name in op.module.vnni_loads:
+        return [_weight_only_gemv(e, op)]
     qt, st = _transposed(e, op, q), _transposed(e, op, s)  # [K, N], [G, N]
     zt = _transposed(e, op, z) if z is not None else None
     k, n = qt.dims
@@ -211,8 +211,11 @@ def quantized_matmul(e: Emitter, op: LOp) -> list[TV]:
         x2 = _int16_grid(e, x2, amax)
     if _dequantize_first(e, op, m, q, n):
         parts = [(qt, 1, 1), (st, 1, 1)] + ([(zt, 1, 1)] if zt is not None else [])
-        y = _in_column_chunks(e, x2, n, parts, lambda w: _dequantized_matmul(e, x2, w[0], w[1], w[2] if zt is not None else None,
-                                                                            g, q.dtype))
+
+        def product(w: list[TV]) -> TV:  # the chunk's values, scales and (zero points)
+            return _dequantized_matmul(e, x2, w[0], w[1], w[2] if zt is not None else None, g, q.dtype)
+
+        y = _in_column_chunks(e, x2, n, parts, product)
         return [_from_2d(e, y, op.result_dims(0, x.dims[:-1] + (n,))[:-1])]
     x3 = _group_split(e, x2, g)  # [M, G, g]
     q3 = e.expand(qt, [[0, 1], [2]], (groups, g, n)) if groups > 1 else qt  # [G, g, N]
@@ -273,8 +276,6 @@ def _weight_only_gemv(e: Emitter, op: LOp) -> TV:
     first (_dequantize_first), everything else runs the kernel, any row count."""
     x, q, s = op.operands[:3]
     g = op.attrs["group_size"]
-    if x.dtype != "f32" or s.dtype != "f32":
-        raise LoweringError(f"quantized_matmul takes f32 input and scales, got {x.dtype} and {s.dtype}")
     blocks, k, _ = q.dims
     n = blocks * gemv.BLOCK
     st = _transposed(e, op, s)  # [G, N]
@@ -284,7 +285,8 @@ def _weight_only_gemv(e: Emitter, op: LOp) -> TV:
         y = _in_column_chunks(e, x2, n, [(q, 0, gemv.BLOCK), (st, 1, 1)],
                               lambda w: _dequantized_blocks_matmul(e, x2, *w, g))
     else:
-        kern = gemv.Kernel(m if isinstance(m, int) else None, k, n, g, 4 if q.dtype == "i4" else 8)
+        rows = m if isinstance(m, int) and m <= gemv.MAX_ROWS else None  # more: padded blocks, as dynamic
+        kern = gemv.Kernel(rows, k, n, g, 4 if q.dtype == "i4" else 8)
         exe = op.module.define(("gemv", kern), kern.name, lambda sym, _: gemv.executable_text(kern, sym))
         y = gemv.product(e, x2, q, st, kern, exe)
     return _from_2d(e, y, op.result_dims(0, x.dims[:-1] + (n,))[:-1])
@@ -310,8 +312,8 @@ def _in_column_chunks(e: Emitter, x2: TV, n: int, operands: list[tuple[TV, int, 
     for lo in range(0, n, DEQUANTIZE_COLUMNS):
         c = min(DEQUANTIZE_COLUMNS, n - lo)
         yc = product([extract_slice(e, t, axis, lo // unit, c // unit) for t, axis, unit in operands])
-        y = TV(e.v(f"tensor.insert_slice {yc.name} into {y.name}[0, {lo}] [{rows}, {c}] [1, 1] : {yc.type} into {y.type}",
-                   "ins"), y.dims, "f32")
+        y = TV(e.v(f"tensor.insert_slice {yc.name} into {y.name}[0, {lo}] [{rows}, {c}] [1, 1] : "
+                   f"{yc.type} into {y.type}", "ins"), y.dims, "f32")
     return y
 
 

@@ -48,8 +48,9 @@ def _module(shapes) -> str:
     f32 per shape."""
     lines = ["module {"]
     for i, (r, m, k, n, g, bits) in enumerate(shapes):
-        lines += ["  " + line for line in executable_text(Kernel(r, k, n, g, bits), f"@g{i}")]
-        xt, wt, st, yt = (tensor_type((m, k), "f32"), tensor_type((n // 64, k, 64 * bits // 8), "i8"),
+        kern = Kernel(r, k, n, g, bits)
+        lines += ["  " + line for line in executable_text(kern, f"@g{i}")]
+        xt, wt, st, yt = (tensor_type((m, k), "f32"), tensor_type(kern.byte_dims, "i8"),
                           tensor_type((k // g, n), "f32"), tensor_type((m, n), "f32"))
         lines += [f"  func.func @mm_{i}(%x: {xt}, %w: {wt}, %s: {st}) -> {yt} {{",
                   f"    %m = arith.constant {m} : index"]
